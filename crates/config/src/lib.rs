@@ -71,6 +71,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     #[serde(default = "default_sep")]
     pub name_separator: String,
+    /// Page size for the all-tools endpoint's lists.
+    #[serde(default = "default_page_size")]
+    pub page_size: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -143,6 +146,15 @@ pub struct TopicConfig {
     /// Shorter names: alias → federated tool name. The alias replaces the name inside this topic.
     #[serde(default)]
     pub aliases: BTreeMap<String, String>,
+    /// Globs over federated prompt names. Default: no prompts (a topic is a tool set).
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    /// Upstreams whose resources and resource templates this topic exposes. Default: none.
+    #[serde(default)]
+    pub resource_upstreams: Vec<String>,
+    /// Page size for this topic's lists (default 200).
+    #[serde(default = "default_page_size")]
+    pub page_size: usize,
 }
 
 impl UpstreamConfig {
@@ -248,6 +260,9 @@ fn default_transport() -> HttpTransport {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_page_size() -> usize {
+    200
 }
 fn default_max_children() -> usize {
     64

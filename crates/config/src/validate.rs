@@ -140,6 +140,19 @@ pub(crate) fn validate(cfg: &Config) -> Res {
                 );
             }
         }
+        for (j, g) in t.prompts.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(g) {
+                return err(format!("topic[{i}].prompts[{j}]"), format!("invalid glob {g:?}: {e}"));
+            }
+        }
+        for (j, u) in t.resource_upstreams.iter().enumerate() {
+            if cfg.upstream(u).is_none() {
+                return err(format!("topic[{i}].resource_upstreams[{j}]"), format!("no upstream named {u:?}"));
+            }
+        }
+        if t.page_size == 0 {
+            return err(key("page_size"), "must be at least 1");
+        }
         for (alias, target) in &t.aliases {
             if !valid_name(alias, 64) {
                 return err(
