@@ -121,17 +121,11 @@ pub struct UpstreamConfig {
     /// Server-to-client requests this upstream may send through the gateway. Default: none (fail closed).
     #[serde(default)]
     pub client_requests: Vec<ClientRequestKind>,
-    #[serde(
-        default = "default_backoff_initial",
-        deserialize_with = "units::duration"
-    )]
+    #[serde(default = "default_backoff_initial", deserialize_with = "units::duration")]
     pub restart_initial_backoff: Duration,
     #[serde(default = "default_backoff_max", deserialize_with = "units::duration")]
     pub restart_max_backoff: Duration,
-    #[serde(
-        default = "default_connect_timeout",
-        deserialize_with = "units::duration"
-    )]
+    #[serde(default = "default_connect_timeout", deserialize_with = "units::duration")]
     pub connect_timeout: Duration,
 }
 
@@ -205,21 +199,13 @@ impl Config {
                 .unwrap_or_default();
             ConfigError {
                 file: file.to_owned(),
-                key: if key == "." {
-                    "(top level)".into()
-                } else {
-                    key
-                },
+                key: if key == "." { "(top level)".into() } else { key },
                 reason: format!("{reason}{at}"),
             }
         })?;
         cfg.base_dir = base_dir;
         cfg.source = file.to_owned();
-        validate::validate(&cfg).map_err(|(key, reason)| ConfigError {
-            file: file.to_owned(),
-            key,
-            reason,
-        })?;
+        validate::validate(&cfg).map_err(|(key, reason)| ConfigError { file: file.to_owned(), key, reason })?;
         Ok(cfg)
     }
 

@@ -24,8 +24,7 @@ fn unknown_key_names_file_key_and_line() {
 
 #[test]
 fn bad_duration_names_key() {
-    let e =
-        parse("[[upstream]]\nname = \"t\"\ncommand = [\"x\"]\ntimeout = \"soon\"\n").unwrap_err();
+    let e = parse("[[upstream]]\nname = \"t\"\ncommand = [\"x\"]\ntimeout = \"soon\"\n").unwrap_err();
     assert_eq!(e.key, "upstream[0].timeout");
     assert!(e.reason.contains("invalid duration"), "{}", e.reason);
 }
@@ -38,7 +37,10 @@ fn validation_errors_name_keys() {
         ("[[upstream]]\nname = \"a\"\n", "upstream[0].command"),
         ("[[upstream]]\nname = \"a\"\ncommand = [\"x\"]\nurl = \"http://x\"\n", "upstream[0].url"),
         ("[[upstream]]\nname = \"a\"\nurl = \"ftp://x\"\n", "upstream[0].url"),
-        ("[[upstream]]\nname = \"a\"\ncommand = [\"x\"]\n[[upstream]]\nname = \"a\"\ncommand = [\"y\"]\n", "upstream[1].name"),
+        (
+            "[[upstream]]\nname = \"a\"\ncommand = [\"x\"]\n[[upstream]]\nname = \"a\"\ncommand = [\"y\"]\n",
+            "upstream[1].name",
+        ),
         ("[[topic]]\nname = \"s/x\"\ntools = [\"*\"]\n", "topic[0].name"),
         ("[[topic]]\nname = \"s\"\ntools = [\"[\"]\n", "topic[0].tools[0]"),
         ("[server]\nall_tools_endpoint = false\n", "server.all_tools_endpoint"),

@@ -12,9 +12,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}; use e.g. \"4MiB\" or \"512KiB\""))?;
+    let n: usize = num.parse().map_err(|_| format!("invalid size {s:?}; use e.g. \"4MiB\" or \"512KiB\""))?;
     let mult: usize = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" | "k" => 1 << 10,
@@ -23,14 +21,9 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "KB" | "kB" => 1000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {s:?}; use B, KiB, MiB or GiB"
-            ))
-        }
+        other => return Err(format!("unknown size unit {other:?} in {s:?}; use B, KiB, MiB or GiB")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 #[derive(Deserialize)]
@@ -43,9 +36,7 @@ enum NumOrStr {
 pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match NumOrStr::deserialize(d)? {
         NumOrStr::Str(s) => parse_duration(&s).map_err(serde::de::Error::custom),
-        NumOrStr::Num(_) => Err(serde::de::Error::custom(
-            "durations need a unit, e.g. \"30s\"",
-        )),
+        NumOrStr::Num(_) => Err(serde::de::Error::custom("durations need a unit, e.g. \"30s\"")),
     }
 }
 

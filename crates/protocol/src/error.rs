@@ -28,11 +28,7 @@ pub struct ErrorObject {
 
 impl ErrorObject {
     pub fn new(code: i64, message: impl Into<String>) -> Self {
-        ErrorObject {
-            code,
-            message: message.into(),
-            data: None,
-        }
+        ErrorObject { code, message: message.into(), data: None }
     }
     pub fn with_data(mut self, data: serde_json::Value) -> Self {
         self.data = Some(data);

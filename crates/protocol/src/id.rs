@@ -39,9 +39,7 @@ impl<'de> Deserialize<'de> for Id {
                 Ok(Id::Num(v))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Id, E> {
-                i64::try_from(v)
-                    .map(Id::Num)
-                    .map_err(|_| E::custom("id out of range"))
+                i64::try_from(v).map(Id::Num).map_err(|_| E::custom("id out of range"))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Id, E> {
                 Ok(Id::Str(v.to_owned()))

@@ -57,9 +57,7 @@ struct Envelope<'a> {
     error: Option<Box<RawValue>>,
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<Box<RawValue>>>, D::Error> {
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Box<RawValue>>>, D::Error> {
     Ok(Some(Option::<Box<RawValue>>::deserialize(d)?))
 }
 
@@ -101,9 +99,7 @@ pub fn is_batch(bytes: &[u8]) -> bool {
 /// Split a batch body into its raw elements.
 pub fn split_batch(bytes: &[u8]) -> Result<Vec<Box<RawValue>>, ParseError> {
     if !depth_ok(bytes) {
-        return Err(ParseError::Invalid(format!(
-            "nesting deeper than {MAX_DEPTH}"
-        )));
+        return Err(ParseError::Invalid(format!("nesting deeper than {MAX_DEPTH}")));
     }
     serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))
 }
@@ -111,9 +107,7 @@ pub fn split_batch(bytes: &[u8]) -> Result<Vec<Box<RawValue>>, ParseError> {
 impl Message {
     pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
         if !depth_ok(bytes) {
-            return Err(ParseError::Invalid(format!(
-                "nesting deeper than {MAX_DEPTH}"
-            )));
+            return Err(ParseError::Invalid(format!("nesting deeper than {MAX_DEPTH}")));
         }
         let env: Envelope<'_> = match serde_json::from_slice(bytes) {
             Ok(e) => e,
@@ -134,49 +128,28 @@ impl Message {
         if let Some(p) = &env.params {
             let first = p.get().as_bytes().first();
             if !matches!(first, Some(b'{') | Some(b'[')) {
-                return Err(ParseError::Invalid(
-                    "params must be an object or array".into(),
-                ));
+                return Err(ParseError::Invalid("params must be an object or array".into()));
             }
         }
         match (id, env.method, env.result, env.error) {
-            (Some(id), Some(method), None, None) => Ok(Message::Request {
-                id,
-                method,
-                params: env.params,
-            }),
-            (None, Some(method), None, None) => Ok(Message::Notification {
-                method,
-                params: env.params,
-            }),
+            (Some(id), Some(method), None, None) => Ok(Message::Request { id, method, params: env.params }),
+            (None, Some(method), None, None) => Ok(Message::Notification { method, params: env.params }),
             (Some(id), None, Some(result), None) => Ok(Message::Response { id, result }),
             (id, None, None, Some(error)) => Ok(Message::Error { id, error }),
-            _ => Err(ParseError::Invalid(
-                "not a JSON-RPC request, notification or response".into(),
-            )),
+            _ => Err(ParseError::Invalid("not a JSON-RPC request, notification or response".into())),
         }
     }
 
     pub fn request(id: Id, method: &str, params: Option<Box<RawValue>>) -> Message {
-        Message::Request {
-            id,
-            method: method.to_owned(),
-            params,
-        }
+        Message::Request { id, method: method.to_owned(), params }
     }
 
     pub fn notification(method: &str, params: Option<Box<RawValue>>) -> Message {
-        Message::Notification {
-            method: method.to_owned(),
-            params,
-        }
+        Message::Notification { method: method.to_owned(), params }
     }
 
     pub fn error(id: Option<Id>, err: &ErrorObject) -> Message {
-        Message::Error {
-            id,
-            error: err.to_raw(),
-        }
+        Message::Error { id, error: err.to_raw() }
     }
 
     pub fn result(id: Id, result: Box<RawValue>) -> Message {
@@ -184,10 +157,7 @@ impl Message {
     }
 
     pub fn empty_result(id: Id) -> Message {
-        Message::Response {
-            id,
-            result: raw("{}"),
-        }
+        Message::Response { id, result: raw("{}") }
     }
 
     pub fn method(&self) -> Option<&str> {
@@ -207,9 +177,7 @@ impl Message {
 
     pub fn params(&self) -> Option<&RawValue> {
         match self {
-            Message::Request { params, .. } | Message::Notification { params, .. } => {
-                params.as_deref()
-            }
+            Message::Request { params, .. } | Message::Notification { params, .. } => params.as_deref(),
             _ => None,
         }
     }
@@ -277,9 +245,7 @@ impl Message {
             code: i64,
         }
         match self {
-            Message::Error { error, .. } => serde_json::from_str::<Code>(error.get())
-                .ok()
-                .map(|c| c.code),
+            Message::Error { error, .. } => serde_json::from_str::<Code>(error.get()).ok().map(|c| c.code),
             _ => None,
         }
     }
@@ -296,13 +262,12 @@ mod tests {
 
     #[test]
     fn request_round_trips_params_byte_for_byte() {
-        let src = r#"{"jsonrpc":"2.0","id":0,"method":"tools/call","params":{ "name" : "x", "_meta":{"vendor/x":[1, 2]}}}"#;
+        let src =
+            r#"{"jsonrpc":"2.0","id":0,"method":"tools/call","params":{ "name" : "x", "_meta":{"vendor/x":[1, 2]}}}"#;
         let m = Message::parse(src.as_bytes()).unwrap();
         assert_eq!(m.method(), Some("tools/call"));
         assert_eq!(m.id(), Some(&Id::Num(0)));
-        assert!(m
-            .to_json()
-            .contains(r#"{ "name" : "x", "_meta":{"vendor/x":[1, 2]}}"#));
+        assert!(m.to_json().contains(r#"{ "name" : "x", "_meta":{"vendor/x":[1, 2]}}"#));
     }
 
     #[test]
@@ -310,26 +275,11 @@ mod tests {
         for (src, code) in [
             ("{", crate::code::PARSE_ERROR),
             ("not json", crate::code::PARSE_ERROR),
-            (
-                r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#,
-                crate::code::INVALID_REQUEST,
-            ),
-            (
-                r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#,
-                crate::code::INVALID_REQUEST,
-            ),
-            (
-                r#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#,
-                crate::code::INVALID_REQUEST,
-            ),
-            (
-                r#"{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}"#,
-                crate::code::INVALID_REQUEST,
-            ),
-            (
-                r#"{"jsonrpc":"2.0","id":1,"method":"a","params":3}"#,
-                crate::code::INVALID_REQUEST,
-            ),
+            (r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#, crate::code::INVALID_REQUEST),
+            (r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#, crate::code::INVALID_REQUEST),
+            (r#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#, crate::code::INVALID_REQUEST),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}"#, crate::code::INVALID_REQUEST),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"a","params":3}"#, crate::code::INVALID_REQUEST),
             (r#"{"jsonrpc":"2.0","id":1}"#, crate::code::INVALID_REQUEST),
         ] {
             let e = Message::parse(src.as_bytes()).expect_err(src);
@@ -339,23 +289,15 @@ mod tests {
 
     #[test]
     fn rejects_deep_nesting() {
-        let deep = format!(
-            r#"{{"jsonrpc":"2.0","id":1,"method":"a","params":{}{}}}"#,
-            "[".repeat(100),
-            "]".repeat(100)
-        );
+        let deep =
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"a","params":{}{}}}"#, "[".repeat(100), "]".repeat(100));
         assert!(Message::parse(deep.as_bytes()).is_err());
     }
 
     #[test]
     fn string_ids_and_errors_serialize() {
-        let m =
-            Message::parse(br#"{"jsonrpc":"2.0","id":"a\"b","error":{"code":-1,"message":"m"}}"#)
-                .unwrap();
+        let m = Message::parse(br#"{"jsonrpc":"2.0","id":"a\"b","error":{"code":-1,"message":"m"}}"#).unwrap();
         assert_eq!(m.error_code(), Some(-1));
-        assert_eq!(
-            m.to_json(),
-            r#"{"jsonrpc":"2.0","id":"a\"b","error":{"code":-1,"message":"m"}}"#
-        );
+        assert_eq!(m.to_json(), r#"{"jsonrpc":"2.0","id":"a\"b","error":{"code":-1,"message":"m"}}"#);
     }
 }

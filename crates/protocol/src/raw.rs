@@ -28,8 +28,7 @@ impl<'de> Deserialize<'de> for RawObject {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject, A::Error> {
-                let mut out: Vec<(String, Box<RawValue>)> =
-                    Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut out: Vec<(String, Box<RawValue>)> = Vec::with_capacity(map.size_hint().unwrap_or(8));
                 while let Some(k) = map.next_key::<String>()? {
                     if out.iter().any(|(e, _)| *e == k) {
                         return Err(de::Error::custom(format_args!("duplicate key {k:?}")));
@@ -55,8 +54,7 @@ impl RawObject {
 
     /// The value at `key` if it is a JSON string.
     pub fn get_str(&self, key: &str) -> Option<String> {
-        self.get(key)
-            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+        self.get(key).and_then(|v| serde_json::from_str::<String>(v.get()).ok())
     }
 
     pub fn set(&mut self, key: &str, value: Box<RawValue>) {
@@ -76,11 +74,7 @@ impl RawObject {
     }
 
     pub fn to_json(&self) -> String {
-        let len: usize = self
-            .0
-            .iter()
-            .map(|(k, v)| k.len() + v.get().len() + 4)
-            .sum();
+        let len: usize = self.0.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum();
         let mut s = String::with_capacity(len + 2);
         s.push('{');
         for (i, (k, v)) in self.0.iter().enumerate() {
@@ -106,14 +100,10 @@ mod tests {
 
     #[test]
     fn edits_one_key_and_keeps_others_verbatim() {
-        let mut o =
-            RawObject::parse(r#"{"name":"a","x":{ "deep" : [1,2 ] },"_meta":{"k":1}}"#).unwrap();
+        let mut o = RawObject::parse(r#"{"name":"a","x":{ "deep" : [1,2 ] },"_meta":{"k":1}}"#).unwrap();
         assert_eq!(o.get_str("name").as_deref(), Some("a"));
         o.set_str("name", "up__a");
-        assert_eq!(
-            o.to_json(),
-            r#"{"name":"up__a","x":{ "deep" : [1,2 ] },"_meta":{"k":1}}"#
-        );
+        assert_eq!(o.to_json(), r#"{"name":"up__a","x":{ "deep" : [1,2 ] },"_meta":{"k":1}}"#);
     }
 
     #[test]

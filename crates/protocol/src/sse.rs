@@ -51,13 +51,7 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(max_event: usize) -> Self {
-        Decoder {
-            buf: BytesMut::new(),
-            cur: Event::default(),
-            has_data: false,
-            max_event,
-            cur_size: 0,
-        }
+        Decoder { buf: BytesMut::new(), cur: Event::default(), has_data: false, max_event, cur_size: 0 }
     }
 
     /// Feed bytes; returns the events completed by them.
@@ -67,9 +61,7 @@ impl Decoder {
         loop {
             let Some(pos) = self.buf.iter().position(|&b| b == b'\n' || b == b'\r') else {
                 if self.buf.len() + self.cur_size > self.max_event {
-                    return Err(TooLarge {
-                        limit: self.max_event,
-                    });
+                    return Err(TooLarge { limit: self.max_event });
                 }
                 return Ok(out);
             };
@@ -78,18 +70,12 @@ impl Decoder {
                 return Ok(out);
             }
             let line = self.buf.split_to(pos);
-            let skip = if self.buf[0] == b'\r' && self.buf.get(1) == Some(&b'\n') {
-                2
-            } else {
-                1
-            };
+            let skip = if self.buf[0] == b'\r' && self.buf.get(1) == Some(&b'\n') { 2 } else { 1 };
             self.buf.advance(skip);
             let line = String::from_utf8_lossy(&line);
             self.cur_size += line.len();
             if self.cur_size > self.max_event {
-                return Err(TooLarge {
-                    limit: self.max_event,
-                });
+                return Err(TooLarge { limit: self.max_event });
             }
             if line.is_empty() {
                 let ev = std::mem::take(&mut self.cur);
@@ -134,9 +120,7 @@ mod tests {
     #[test]
     fn decodes_split_chunks_crlf_comments_and_priming() {
         let mut d = Decoder::new(1 << 20);
-        let mut evs = d
-            .feed(b": keepalive\r\nid: 1\r\ndata:\r\n\r\nevent: message\ndata: {\"a\"")
-            .unwrap();
+        let mut evs = d.feed(b": keepalive\r\nid: 1\r\ndata:\r\n\r\nevent: message\ndata: {\"a\"").unwrap();
         evs.extend(d.feed(b":1}\ndata: x\n\nretry: 500\n\n").unwrap());
         assert_eq!(evs.len(), 3);
         assert_eq!(evs[0].id.as_deref(), Some("1"));

@@ -15,9 +15,7 @@ pub fn is_session_era(v: &str) -> bool {
 }
 
 pub fn negotiate(requested: Option<&str>) -> &'static str {
-    requested
-        .and_then(|r| SESSION_ERA.iter().copied().find(|v| *v == r))
-        .unwrap_or(SESSION_ERA[0])
+    requested.and_then(|r| SESSION_ERA.iter().copied().find(|v| *v == r)).unwrap_or(SESSION_ERA[0])
 }
 
 /// JSON-RPC batches exist only in 2025-03-26.

@@ -1,0 +1,291 @@
+//! The request pipeline for one client message: route it through the session's view of the catalog to the
+//! right upstream, rewrite only the name the upstream knows, and restore the client's id on the way back.
+//!
+//! Stages (later issues add identity, policy, minimization, scheduling and audit between route and call):
+//! `session → route(topic, tool) → upstream call → response`.
+
+use crate::session::{ClientCaps, Session, SessionSink};
+use crate::Gateway;
+use portcullis_catalog::{ListKind, View};
+use portcullis_protocol::raw::{raw, to_raw};
+use portcullis_protocol::{code, version, ErrorObject, Id, Message, RawObject};
+use portcullis_upstream::{CallError, Sink, Upstream};
+use serde_json::value::RawValue;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+fn err(id: Id, code: i64, msg: impl Into<String>) -> Message {
+    Message::error(Some(id), &ErrorObject::new(code, msg))
+}
+
+fn unknown_tool(id: Id, name: &str) -> Message {
+    // Hidden and nonexistent tools must be indistinguishable.
+    err(id, code::INVALID_PARAMS, format!("Unknown tool: {name}"))
+}
+
+fn params_obj(params: Option<&RawValue>) -> Result<RawObject, String> {
+    match params {
+        None => Ok(RawObject::default()),
+        Some(p) => RawObject::parse(p.get()).map_err(|e| format!("invalid params: {e}")),
+    }
+}
+
+impl Gateway {
+    /// The `initialize` result for a session: negotiated version, the union of upstream capabilities.
+    pub fn initialize(&self, s: &Session, params: Option<&RawValue>) -> Box<RawValue> {
+        let requested = params.and_then(|p| RawObject::parse(p.get()).ok()).and_then(|o| o.get_str("protocolVersion"));
+        let v = version::negotiate(requested.as_deref());
+        *s.version.lock() = v.to_owned();
+        *s.caps.lock() = ClientCaps::from_initialize(params);
+        let mut caps = serde_json::Map::new();
+        caps.insert("tools".into(), serde_json::json!({"listChanged": true}));
+        let has =
+            |k: &str| self.upstreams().iter().any(|u| u.shared().init_info().is_some_and(|i| i.has_capability(k)));
+        if has("prompts") {
+            caps.insert("prompts".into(), serde_json::json!({"listChanged": true}));
+        }
+        if has("resources") {
+            caps.insert("resources".into(), serde_json::json!({"subscribe": true, "listChanged": true}));
+        }
+        if has("logging") {
+            caps.insert("logging".into(), serde_json::json!({}));
+        }
+        if has("completions") {
+            caps.insert("completions".into(), serde_json::json!({}));
+        }
+        let mut result = serde_json::json!({
+            "protocolVersion": v,
+            "capabilities": caps,
+            "serverInfo": {"name": "portcullis", "title": "Portcullis MCP gateway", "version": env!("CARGO_PKG_VERSION")},
+        });
+        if let Some(t) = s.topic.as_deref() {
+            if let Some(desc) = self.cfg.topics.iter().find(|x| x.name == t).and_then(|x| x.description.clone()) {
+                result["instructions"] = serde_json::Value::String(desc);
+            }
+        }
+        to_raw(&result)
+    }
+
+    /// Handle one client request (not `initialize`, which the transport handles) and produce its answer.
+    pub async fn request(&self, s: &Arc<Session>, id: Id, method: &str, params: Option<Box<RawValue>>) -> Message {
+        s.touch();
+        let cat = self.catalog();
+        let Some(view) = cat.view(s.topic.as_deref()) else {
+            return err(id, code::INTERNAL_ERROR, "this endpoint's topic is no longer configured");
+        };
+        match method {
+            "ping" => Message::empty_result(id),
+            "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
+                let kind = ListKind::from_method(method).unwrap_or(ListKind::Tools);
+                list(view, kind, id, params.as_deref())
+            }
+            "tools/call" => self.call_named(s, view, id, method, params, Named::Tool).await,
+            "prompts/get" => self.call_named(s, view, id, method, params, Named::Prompt).await,
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                self.call_resource(s, view, id, method, params).await
+            }
+            "completion/complete" => self.complete(s, view, id, params).await,
+            "logging/setLevel" => {
+                for u in self.upstreams() {
+                    if view.sees_upstream(u.name())
+                        && u.shared().init_info().is_some_and(|i| i.has_capability("logging"))
+                    {
+                        let conn = u.session_conn(s.key).unwrap_or_else(|| u.shared().clone());
+                        conn.notify_request("logging/setLevel", params.as_deref().map(|p| raw(p.get())));
+                    }
+                }
+                Message::empty_result(id)
+            }
+            "initialize" => err(id, code::INVALID_REQUEST, "this session is already initialized"),
+            _ => err(id, code::METHOD_NOT_FOUND, format!("Method not found: {method}")),
+        }
+    }
+
+    /// Handle one client notification.
+    pub fn notification(&self, s: &Arc<Session>, method: &str, params: Option<&RawValue>) {
+        s.touch();
+        match method {
+            "notifications/initialized" => s.initialized.store(true, Ordering::Relaxed),
+            "notifications/cancelled" => {
+                #[derive(serde::Deserialize)]
+                struct P {
+                    #[serde(rename = "requestId")]
+                    request_id: Id,
+                    reason: Option<String>,
+                }
+                if let Some(p) = params.and_then(|p| serde_json::from_str::<P>(p.get()).ok()) {
+                    s.cancel(&p.request_id, p.reason.as_deref().unwrap_or("cancelled by the client"));
+                }
+            }
+            "notifications/roots/list_changed" => {
+                for u in self.upstreams() {
+                    if let Some(c) = u.session_conn(s.key) {
+                        c.notify(method, None);
+                    }
+                }
+            }
+            _ => tracing::debug!(session = s.key, %method, "client notification ignored"),
+        }
+    }
+
+    async fn call_named(
+        &self,
+        s: &Arc<Session>,
+        view: &View,
+        id: Id,
+        method: &str,
+        params: Option<Box<RawValue>>,
+        kind: Named,
+    ) -> Message {
+        let mut obj = match params_obj(params.as_deref()) {
+            Ok(o) => o,
+            Err(e) => return err(id, code::INVALID_PARAMS, e),
+        };
+        let Some(name) = obj.get_str("name") else {
+            return err(id, code::INVALID_PARAMS, format!("{method} needs params.name (a string)"));
+        };
+        let route = match kind {
+            Named::Tool => view.resolve_tool(&name),
+            Named::Prompt => view.resolve_prompt(&name),
+        };
+        let Some(route) = route else {
+            return match kind {
+                Named::Tool => unknown_tool(id, &name),
+                Named::Prompt => err(id, code::INVALID_PARAMS, format!("Unknown prompt: {name}")),
+            };
+        };
+        let Some(upstream) = self.upstream(&route.upstream).cloned() else {
+            return unknown_tool(id, &name);
+        };
+        obj.set_str("name", &route.name);
+        self.forward(s, &upstream, id, method, Some(obj.into_raw())).await
+    }
+
+    async fn call_resource(
+        &self,
+        s: &Arc<Session>,
+        view: &View,
+        id: Id,
+        method: &str,
+        params: Option<Box<RawValue>>,
+    ) -> Message {
+        let uri = match params_obj(params.as_deref()) {
+            Ok(o) => o.get_str("uri"),
+            Err(e) => return err(id, code::INVALID_PARAMS, e),
+        };
+        let Some(uri) = uri else {
+            return err(id, code::INVALID_PARAMS, format!("{method} needs params.uri (a string)"));
+        };
+        let Some(upstream) = view.resolve_resource(&uri).and_then(|u| self.upstream(&u).cloned()) else {
+            return Message::error(
+                Some(id),
+                &ErrorObject::new(-32002, format!("Resource not found: {uri}"))
+                    .with_data(serde_json::json!({"uri": uri})),
+            );
+        };
+        let key = (Arc::<str>::from(upstream.name()), uri);
+        match method {
+            "resources/subscribe" => {
+                s.subscriptions.lock().insert(key);
+            }
+            "resources/unsubscribe" => {
+                s.subscriptions.lock().remove(&key);
+            }
+            _ => {}
+        }
+        self.forward(s, &upstream, id, method, params).await
+    }
+
+    async fn complete(&self, s: &Arc<Session>, view: &View, id: Id, params: Option<Box<RawValue>>) -> Message {
+        let mut obj = match params_obj(params.as_deref()) {
+            Ok(o) => o,
+            Err(e) => return err(id, code::INVALID_PARAMS, e),
+        };
+        let Some(mut r) = obj.get("ref").and_then(|r| RawObject::parse(r.get()).ok()) else {
+            return err(id, code::INVALID_PARAMS, "completion/complete needs params.ref");
+        };
+        let upstream = match r.get_str("type").as_deref() {
+            Some("ref/prompt") => {
+                let Some(route) = r.get_str("name").and_then(|n| view.resolve_prompt(&n)) else {
+                    return err(id, code::INVALID_PARAMS, "Unknown prompt in completion ref");
+                };
+                r.set_str("name", &route.name);
+                route.upstream.clone()
+            }
+            Some("ref/resource") => {
+                let Some(u) = r.get_str("uri").and_then(|u| view.resolve_resource(&u)) else {
+                    return err(id, code::INVALID_PARAMS, "Unknown resource in completion ref");
+                };
+                u
+            }
+            _ => return err(id, code::INVALID_PARAMS, "params.ref.type must be ref/prompt or ref/resource"),
+        };
+        let Some(upstream) = self.upstream(&upstream).cloned() else {
+            return err(id, code::INVALID_PARAMS, "Unknown completion target");
+        };
+        obj.set("ref", r.into_raw());
+        self.forward(s, &upstream, id, "completion/complete", Some(obj.into_raw())).await
+    }
+
+    /// The upstream call stage.
+    async fn forward(
+        &self,
+        s: &Arc<Session>,
+        upstream: &Arc<Upstream>,
+        id: Id,
+        method: &str,
+        params: Option<Box<RawValue>>,
+    ) -> Message {
+        let owner = || -> Arc<dyn Sink> { Arc::new(SessionSink { session: Arc::downgrade(s), related: None }) };
+        let conn = match upstream.conn_for(s.key, owner) {
+            Ok(c) => c,
+            Err(e) => return Message::error(Some(id), &e.to_error()),
+        };
+        let sink: Arc<dyn Sink> = Arc::new(SessionSink { session: Arc::downgrade(s), related: Some(id.clone()) });
+        let uid = conn.alloc_id();
+        s.track_call(id.clone(), conn.clone(), uid);
+        let res = conn.call(uid, s.key, method, params, Some(sink), upstream.config().timeout).await;
+        s.untrack_call(&id);
+        match res {
+            Ok(Message::Response { result, .. }) => Message::Response { id, result },
+            Ok(Message::Error { error, .. }) => Message::Error { id: Some(id), error },
+            Ok(_) => err(id, code::INTERNAL_ERROR, "upstream sent a malformed answer"),
+            Err(CallError::Timeout { upstream, method }) => Message::error(
+                Some(id),
+                &ErrorObject::new(
+                    code::DEADLINE_EXCEEDED,
+                    format!(
+                        "upstream {upstream:?} did not answer {method} within {}s (the upstream's timeout)",
+                        self.upstream(&upstream).map_or(0, |u| u.config().timeout.as_secs())
+                    ),
+                )
+                .with_data(serde_json::json!({"upstream": upstream})),
+            ),
+            Err(e) => Message::error(Some(id), &e.to_error()),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Named {
+    Tool,
+    Prompt,
+}
+
+fn list(view: &View, kind: ListKind, id: Id, params: Option<&RawValue>) -> Message {
+    let cursor = match params_obj(params) {
+        Ok(o) => match o.get("cursor") {
+            None => None,
+            Some(c) if c.get() == "null" => None,
+            Some(_) => match o.get_str("cursor") {
+                Some(c) => Some(c),
+                None => return err(id, code::INVALID_PARAMS, "params.cursor must be a string"),
+            },
+        },
+        Err(e) => return err(id, code::INVALID_PARAMS, e),
+    };
+    match view.page(kind, cursor.as_deref()) {
+        Ok(page) => Message::Response { id, result: raw(page) },
+        Err(_) => err(id, code::INVALID_PARAMS, "Invalid cursor: pass nextCursor from the previous page unchanged"),
+    }
+}

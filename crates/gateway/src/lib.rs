@@ -1,0 +1,271 @@
+//! The gateway core: sessions, the request pipeline, and the downstream transports that feed it.
+//!
+//! Every client message, whatever transport it arrived on, goes through [`Gateway::request`] /
+//! [`Gateway::notification`] in [`dispatch`]: session → route (topic view of the federated catalog) →
+//! upstream call → response with the client's id restored. Transports ([`http`], [`stdio`]) only frame
+//! messages and enforce transport rules (headers, sizes, session ids).
+//!
+//! Main type: [`Gateway`].
+
+mod channel;
+pub mod dispatch;
+pub mod http;
+pub mod session;
+mod sse_legacy;
+pub mod stdio;
+pub mod stream;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use portcullis_catalog::{Catalog, ListKind, UpstreamLists};
+use portcullis_config::Config;
+use portcullis_upstream::{Status, Upstream, UpstreamEvent};
+use session::{Output, Session, SessionTable};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub struct Gateway {
+    pub cfg: Arc<Config>,
+    upstreams: Vec<Arc<Upstream>>,
+    by_name: HashMap<Arc<str>, Arc<Upstream>>,
+    lists: Mutex<Vec<(Arc<str>, Arc<UpstreamLists>)>>,
+    catalog: ArcSwap<Catalog>,
+    /// Set when the latest lists could not be federated (a name collision); startup fails on it.
+    catalog_error: Mutex<Option<String>>,
+    generation: AtomicU64,
+    pub sessions: SessionTable,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Catalog(String),
+    #[error("required upstream {upstream:?} did not initialize within {secs}s: {reason}")]
+    NotReady { upstream: String, secs: u64, reason: String },
+}
+
+impl Gateway {
+    /// Start every upstream and the event loop. Returns at once; see [`Gateway::wait_initial`].
+    pub fn start(cfg: Config) -> Arc<Gateway> {
+        let cfg = Arc::new(cfg);
+        let (tx, rx) = mpsc::channel(4096);
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        let upstreams: Vec<Arc<Upstream>> =
+            cfg.upstreams.iter().map(|u| Upstream::start(u.clone(), tx.clone(), http.clone())).collect();
+        let by_name = upstreams.iter().map(|u| (Arc::from(u.name()), u.clone())).collect();
+        let lists = upstreams.iter().map(|u| (Arc::from(u.name()), Arc::new(UpstreamLists::default()))).collect();
+        let empty = Catalog::build(&cfg.server.name_separator, cfg.server.page_size, &[], &cfg.topics, 0)
+            .unwrap_or_else(|_| Catalog::empty(&cfg.topics));
+        let gw = Arc::new(Gateway {
+            cfg,
+            upstreams,
+            by_name,
+            lists: Mutex::new(lists),
+            catalog: ArcSwap::from_pointee(empty),
+            catalog_error: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            sessions: SessionTable::default(),
+            shutdown: CancellationToken::new(),
+        });
+        tokio::spawn(event_loop(Arc::downgrade(&gw), rx));
+        tokio::spawn(reap_idle(Arc::downgrade(&gw)));
+        gw
+    }
+
+    /// Wait until every required upstream has initialized and been listed (or failed), then report
+    /// federation errors. `serve` and `check` refuse to start on a name collision.
+    pub async fn wait_initial(&self, timeout: Duration) -> Result<(), StartError> {
+        let deadline = Instant::now() + timeout;
+        for u in self.upstreams.iter().filter(|u| u.config().required) {
+            let mut rx = u.shared().subscribe_status();
+            let res = tokio::time::timeout_at(deadline.into(), rx.wait_for(|s| *s == Status::Ready)).await;
+            if res.is_err() {
+                let reason = match u.shared().status() {
+                    Status::Down { reason, .. } => reason,
+                    s => format!("{s:?}"),
+                };
+                return Err(StartError::NotReady { upstream: u.name().into(), secs: timeout.as_secs(), reason });
+            }
+        }
+        // Lists are published just before Ready; give the event loop a moment to fold them in.
+        for _ in 0..50 {
+            if self.catalog_error.lock().is_some() || self.all_listed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match self.catalog_error.lock().clone() {
+            Some(e) => Err(StartError::Catalog(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn all_listed(&self) -> bool {
+        let gen = self.generation.load(Ordering::Relaxed);
+        let ready = self.upstreams.iter().filter(|u| u.shared().status() == Status::Ready).count() as u64;
+        gen >= ready
+    }
+
+    /// Ready = every required upstream is initialized.
+    pub fn ready(&self) -> bool {
+        self.upstreams.iter().filter(|u| u.config().required).all(|u| u.shared().status() == Status::Ready)
+    }
+
+    pub fn upstream_status(&self) -> Vec<(String, Status)> {
+        self.upstreams.iter().map(|u| (u.name().to_owned(), u.shared().status())).collect()
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.by_name.get(name)
+    }
+
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+
+    /// Is this endpoint served? `None` is the all-tools endpoint.
+    pub fn serves(&self, topic: Option<&str>) -> bool {
+        match topic {
+            None => self.cfg.server.all_tools_endpoint,
+            Some(t) => self.cfg.topics.iter().any(|x| x.name == t),
+        }
+    }
+
+    pub fn new_session(&self, topic: Option<&str>, out: Output) -> Option<Arc<Session>> {
+        if self.sessions.len() >= self.cfg.server.max_sessions {
+            return None;
+        }
+        let s = Session::new(self.sessions.next_key(), topic.map(Arc::from), out);
+        self.sessions.insert(s.clone());
+        Some(s)
+    }
+
+    /// End a session: fail what it still owes, stop its per-session children.
+    pub async fn end_session(&self, id: &str) -> bool {
+        let Some(s) = self.sessions.remove(id) else { return false };
+        s.close();
+        for u in &self.upstreams {
+            u.end_session(s.key).await;
+        }
+        true
+    }
+
+    /// Stop everything: sessions, then upstreams (children are killed and reaped).
+    pub async fn shutdown_all(&self) {
+        self.shutdown.cancel();
+        for s in self.sessions.all() {
+            self.end_session(&s.id).await;
+        }
+        futures::future::join_all(self.upstreams.iter().map(|u| u.shutdown())).await;
+    }
+
+    /// Calls in flight across all upstreams (graceful shutdown waits for zero).
+    pub fn in_flight(&self) -> usize {
+        self.upstreams.iter().map(|u| u.shared().in_flight()).sum()
+    }
+
+    fn on_lists(&self, upstream: Arc<str>, lists: Arc<UpstreamLists>, changed: Vec<ListKind>) {
+        let snapshot = {
+            let mut all = self.lists.lock();
+            if let Some(e) = all.iter_mut().find(|(n, _)| *n == upstream) {
+                e.1 = lists;
+            }
+            all.clone()
+        };
+        let gen = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        match Catalog::build(
+            &self.cfg.server.name_separator,
+            self.cfg.server.page_size,
+            &snapshot,
+            &self.cfg.topics,
+            gen,
+        ) {
+            Ok(cat) => {
+                for w in cat.warnings() {
+                    tracing::warn!(upstream = %upstream, "{w}");
+                }
+                self.catalog.store(Arc::new(cat));
+                *self.catalog_error.lock() = None;
+            }
+            Err(e) => {
+                tracing::error!(upstream = %upstream, error = %e, "catalog not updated");
+                *self.catalog_error.lock() = Some(e.to_string());
+                return;
+            }
+        }
+        let cat = self.catalog();
+        for s in self.sessions.all() {
+            if !s.initialized.load(Ordering::Relaxed) {
+                continue;
+            }
+            let Some(view) = cat.view(s.topic.as_deref()) else { continue };
+            if !view.sees_upstream(&upstream) {
+                continue;
+            }
+            let mut sent = Vec::new();
+            for k in &changed {
+                let method = match k {
+                    ListKind::Tools => "notifications/tools/list_changed",
+                    ListKind::Prompts => "notifications/prompts/list_changed",
+                    ListKind::Resources | ListKind::Templates => "notifications/resources/list_changed",
+                };
+                if !sent.contains(&method) {
+                    sent.push(method);
+                    s.send_unrelated(&portcullis_protocol::Message::notification(method, None));
+                }
+            }
+        }
+    }
+}
+
+async fn event_loop(gw: std::sync::Weak<Gateway>, mut rx: mpsc::Receiver<UpstreamEvent>) {
+    while let Some(ev) = rx.recv().await {
+        let Some(gw) = gw.upgrade() else { return };
+        match ev {
+            UpstreamEvent::Lists { upstream, lists, changed } => gw.on_lists(upstream, lists, changed),
+            UpstreamEvent::ResourceUpdated { upstream, uri, msg } => {
+                for s in gw.sessions.all() {
+                    if s.subscriptions.lock().contains(&(upstream.clone(), uri.clone())) {
+                        s.send_unrelated(&msg);
+                    }
+                }
+            }
+            UpstreamEvent::Status { upstream, ready } => tracing::debug!(%upstream, ready, "upstream status"),
+            UpstreamEvent::InitFailed { upstream, reason } => {
+                tracing::warn!(%upstream, %reason, "upstream failed to initialize")
+            }
+        }
+    }
+}
+
+/// End sessions idle longer than `session_idle_timeout` (clients that vanished without DELETE).
+async fn reap_idle(gw: std::sync::Weak<Gateway>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let Some(gw) = gw.upgrade() else { return };
+        let limit = gw.cfg.server.session_idle_timeout.as_secs();
+        for s in gw.sessions.all() {
+            let streaming = match &s.out {
+                Output::Channel(tx) => !tx.is_closed(),
+                Output::Http(_) => false,
+            };
+            if !streaming && s.idle_secs() > limit {
+                tracing::info!(session = s.key, "ending idle session");
+                gw.end_session(&s.id).await;
+            }
+        }
+    }
+}

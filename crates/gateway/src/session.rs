@@ -1,0 +1,333 @@
+//! Downstream client sessions: identity of the conversation, what the client can do, where messages for it go,
+//! and the bookkeeping that keeps one session's traffic away from every other session.
+
+use crate::stream::StreamBuf;
+use parking_lot::Mutex;
+use portcullis_protocol::{code, ErrorObject, Id, Message};
+use portcullis_upstream::{Conn, ReplyHandle, Sink};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Pending server-to-client requests one session may hold; more are refused rather than queued.
+const MAX_SERVER_REQUESTS: usize = 256;
+/// Finished POST streams kept for `Last-Event-ID` resumption.
+const MAX_KEPT_STREAMS: usize = 64;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientCaps {
+    pub sampling: bool,
+    pub elicitation: bool,
+    pub roots: bool,
+}
+
+impl ClientCaps {
+    pub fn from_initialize(params: Option<&serde_json::value::RawValue>) -> ClientCaps {
+        #[derive(serde::Deserialize, Default)]
+        struct P {
+            #[serde(default)]
+            capabilities: Option<Caps>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct Caps {
+            sampling: Option<serde::de::IgnoredAny>,
+            elicitation: Option<serde::de::IgnoredAny>,
+            roots: Option<serde::de::IgnoredAny>,
+        }
+        let p: P = params.and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or_default();
+        let c = p.capabilities.unwrap_or_default();
+        ClientCaps { sampling: c.sampling.is_some(), elicitation: c.elicitation.is_some(), roots: c.roots.is_some() }
+    }
+
+    fn allows(&self, method: &str) -> bool {
+        match method {
+            "sampling/createMessage" => self.sampling,
+            "elicitation/create" => self.elicitation,
+            "roots/list" => self.roots,
+            _ => false,
+        }
+    }
+}
+
+/// Where a session's outbound messages go.
+pub enum Output {
+    /// Streamable HTTP: a standalone GET stream plus one stream per POST answered with SSE.
+    Http(HttpOutput),
+    /// stdio and legacy SSE: one ordered channel carries everything, responses included.
+    Channel(mpsc::Sender<String>),
+}
+
+pub struct HttpOutput {
+    pub standalone: Arc<StreamBuf>,
+    streams: Mutex<StreamTable>,
+    next_stream: AtomicU64,
+    replay: usize,
+}
+
+#[derive(Default)]
+struct StreamTable {
+    by_id: HashMap<u64, Arc<StreamBuf>>,
+    order: Vec<u64>,
+    /// Client request id → the POST stream answering it, for messages related to that request.
+    related: HashMap<Id, Arc<StreamBuf>>,
+}
+
+impl HttpOutput {
+    pub fn new(replay: usize) -> HttpOutput {
+        HttpOutput {
+            standalone: StreamBuf::new(0, replay),
+            streams: Mutex::new(StreamTable::default()),
+            next_stream: AtomicU64::new(1),
+            replay,
+        }
+    }
+
+    /// A new stream answering request `id`.
+    pub fn open(&self, id: Id) -> Arc<StreamBuf> {
+        let sid = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let buf = StreamBuf::new(sid, self.replay);
+        let mut t = self.streams.lock();
+        t.by_id.insert(sid, buf.clone());
+        t.order.push(sid);
+        t.related.insert(id, buf.clone());
+        if t.order.len() > MAX_KEPT_STREAMS {
+            // Evict the oldest finished stream; live ones stay.
+            if let Some(pos) = t.order.iter().position(|s| t.by_id.get(s).is_none_or(|b| b.is_done())) {
+                let old = t.order.remove(pos);
+                t.by_id.remove(&old);
+            }
+        }
+        buf
+    }
+
+    pub fn close(&self, id: &Id) {
+        self.streams.lock().related.remove(id);
+    }
+
+    pub fn stream(&self, sid: u64) -> Option<Arc<StreamBuf>> {
+        if sid == 0 {
+            return Some(self.standalone.clone());
+        }
+        self.streams.lock().by_id.get(&sid).cloned()
+    }
+
+    fn related(&self, id: &Id) -> Option<Arc<StreamBuf>> {
+        self.streams.lock().related.get(id).cloned()
+    }
+}
+
+pub struct Session {
+    /// Internal key (upstream connections and attribution use it); never shown to clients.
+    pub key: u64,
+    /// `Mcp-Session-Id` / legacy `sessionId`: 128 random bits, hex.
+    pub id: String,
+    pub topic: Option<Arc<str>>,
+    pub version: Mutex<String>,
+    pub caps: Mutex<ClientCaps>,
+    pub initialized: AtomicBool,
+    pub out: Output,
+    /// Client request id → (connection, upstream id), so `notifications/cancelled` can follow the call.
+    inflight: Mutex<HashMap<Id, (Conn, i64)>>,
+    server_requests: Mutex<HashMap<Id, ReplyHandle>>,
+    next_server_id: AtomicI64,
+    pub subscriptions: Mutex<HashSet<(Arc<str>, String)>>,
+    last_seen: AtomicU64,
+    pub created: Instant,
+    pub closed: CancellationToken,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn new_session_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Session {
+    pub fn new(key: u64, topic: Option<Arc<str>>, out: Output) -> Arc<Session> {
+        Arc::new(Session {
+            key,
+            id: new_session_id(),
+            topic,
+            version: Mutex::new(portcullis_protocol::version::DEFAULT_HEADER_VERSION.to_owned()),
+            caps: Mutex::new(ClientCaps::default()),
+            initialized: AtomicBool::new(false),
+            out,
+            inflight: Mutex::new(HashMap::new()),
+            server_requests: Mutex::new(HashMap::new()),
+            next_server_id: AtomicI64::new(0),
+            subscriptions: Mutex::new(HashSet::new()),
+            last_seen: AtomicU64::new(now_secs()),
+            created: Instant::now(),
+            closed: CancellationToken::new(),
+        })
+    }
+
+    pub fn touch(&self) {
+        self.last_seen.store(now_secs(), Ordering::Relaxed);
+    }
+
+    pub fn idle_secs(&self) -> u64 {
+        now_secs().saturating_sub(self.last_seen.load(Ordering::Relaxed))
+    }
+
+    pub fn version(&self) -> String {
+        self.version.lock().clone()
+    }
+
+    /// Send a message that belongs to no particular request (list_changed, resource updates).
+    pub fn send_unrelated(&self, msg: &Message) {
+        self.emit(None, msg.to_json());
+    }
+
+    fn emit(&self, related: Option<&Id>, json: String) {
+        match &self.out {
+            Output::Channel(tx) => {
+                if tx.try_send(json).is_err() {
+                    tracing::warn!(session = self.key, "client is not reading; dropped a message for it");
+                }
+            }
+            Output::Http(h) => {
+                if let Some(buf) = related.and_then(|id| h.related(id)) {
+                    if buf.push(json.clone()) {
+                        return;
+                    }
+                }
+                h.standalone.push(json);
+            }
+        }
+    }
+
+    pub fn track_call(&self, id: Id, conn: Conn, uid: i64) {
+        self.inflight.lock().insert(id, (conn, uid));
+    }
+
+    pub fn untrack_call(&self, id: &Id) {
+        self.inflight.lock().remove(id);
+    }
+
+    /// The client cancelled request `id`: pass it on with the upstream's id.
+    pub fn cancel(&self, id: &Id, reason: &str) {
+        let entry = self.inflight.lock().remove(id);
+        if let Some((conn, uid)) = entry {
+            conn.cancel(uid, reason);
+        }
+    }
+
+    /// The client answered one of our server-to-client requests.
+    pub fn on_client_response(&self, msg: Message) {
+        let Some(id) = msg.id().cloned() else { return };
+        match self.server_requests.lock().remove(&id) {
+            Some(handle) => handle.reply(msg),
+            None => tracing::debug!(session = self.key, %id, "response to an unknown request dropped"),
+        }
+    }
+
+    /// Fail every outstanding server-to-client request (session ended).
+    pub fn close(&self) {
+        self.closed.cancel();
+        let handles: Vec<ReplyHandle> = self.server_requests.lock().drain().map(|(_, h)| h).collect();
+        for h in handles {
+            h.reply_error(ErrorObject::new(code::INTERNAL_ERROR, "the client session ended before answering"));
+        }
+        let calls: Vec<(Conn, i64)> = self.inflight.lock().drain().map(|(_, c)| c).collect();
+        for (conn, uid) in calls {
+            conn.cancel(uid, "client session ended");
+        }
+        match &self.out {
+            Output::Http(h) => h.standalone.finish(),
+            Output::Channel(_) => {}
+        }
+    }
+}
+
+/// Delivers upstream messages to one session, next to the request they relate to when there is one.
+pub struct SessionSink {
+    pub session: Weak<Session>,
+    pub related: Option<Id>,
+}
+
+impl Sink for SessionSink {
+    fn deliver(&self, msg: Message, reply: Option<ReplyHandle>) {
+        let Some(s) = self.session.upgrade() else {
+            if let Some(h) = reply {
+                h.reply_error(ErrorObject::new(code::INTERNAL_ERROR, "the client session has ended"));
+            }
+            return;
+        };
+        let msg = match (msg, reply) {
+            (Message::Request { method, params, .. }, Some(handle)) => {
+                if !s.caps.lock().allows(&method) {
+                    let what = method.split('/').next().unwrap_or("it");
+                    handle.reply_error(ErrorObject::new(
+                        code::METHOD_NOT_FOUND,
+                        format!(
+                            "the client session did not declare the {what} capability, so it cannot answer {method}"
+                        ),
+                    ));
+                    return;
+                }
+                let mut reqs = s.server_requests.lock();
+                if reqs.len() >= MAX_SERVER_REQUESTS {
+                    drop(reqs);
+                    handle.reply_error(ErrorObject::new(
+                        code::INTERNAL_ERROR,
+                        "too many unanswered requests to this client",
+                    ));
+                    return;
+                }
+                // Our own id space per session, so two upstreams' ids (both start at 0) never collide.
+                let id = Id::Num(s.next_server_id.fetch_add(1, Ordering::Relaxed));
+                reqs.insert(id.clone(), handle);
+                Message::Request { id, method, params }
+            }
+            (m, _) => m,
+        };
+        s.emit(self.related.as_ref(), msg.to_json());
+    }
+}
+
+/// All live sessions, by public id.
+#[derive(Default)]
+pub struct SessionTable {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+    next_key: AtomicU64,
+}
+
+impl SessionTable {
+    pub fn next_key(&self) -> u64 {
+        // 0 is reserved for the gateway's own upstream calls.
+        self.next_key.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn insert(&self, s: Arc<Session>) {
+        self.map.lock().insert(s.id.clone(), s);
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.map.lock().get(id).cloned()
+    }
+
+    pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
+        self.map.lock().remove(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.map.lock().values().cloned().collect()
+    }
+}
