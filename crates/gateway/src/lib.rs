@@ -36,6 +36,8 @@ pub struct Gateway {
     catalog: ArcSwap<Catalog>,
     /// Set when the latest lists could not be federated (a name collision); startup fails on it.
     catalog_error: Mutex<Option<String>>,
+    /// Upstreams whose lists have been folded into the catalog at least once.
+    listed: Mutex<std::collections::HashSet<Arc<str>>>,
     generation: AtomicU64,
     pub sessions: SessionTable,
     pub shutdown: CancellationToken,
@@ -57,6 +59,7 @@ impl Gateway {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         let upstreams: Vec<Arc<Upstream>> =
@@ -72,6 +75,7 @@ impl Gateway {
             lists: Mutex::new(lists),
             catalog: ArcSwap::from_pointee(empty),
             catalog_error: Mutex::new(None),
+            listed: Mutex::new(Default::default()),
             generation: AtomicU64::new(0),
             sessions: SessionTable::default(),
             shutdown: CancellationToken::new(),
@@ -110,9 +114,8 @@ impl Gateway {
     }
 
     fn all_listed(&self) -> bool {
-        let gen = self.generation.load(Ordering::Relaxed);
-        let ready = self.upstreams.iter().filter(|u| u.shared().status() == Status::Ready).count() as u64;
-        gen >= ready
+        let listed = self.listed.lock();
+        self.upstreams.iter().filter(|u| u.shared().status() == Status::Ready).all(|u| listed.contains(u.name()))
     }
 
     /// Ready = every required upstream is initialized.
@@ -199,6 +202,7 @@ impl Gateway {
                 }
                 self.catalog.store(Arc::new(cat));
                 *self.catalog_error.lock() = None;
+                self.listed.lock().insert(upstream.clone());
             }
             Err(e) => {
                 tracing::error!(upstream = %upstream, error = %e, "catalog not updated");

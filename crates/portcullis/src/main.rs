@@ -125,7 +125,7 @@ async fn serve(path: PathBuf) -> ExitCode {
         match tokio::net::TcpListener::bind(a).await {
             Ok(l) => {
                 let local = l.local_addr().unwrap_or(a);
-                tracing::info!("admin listening on http://{local} (/healthz, /readyz)");
+                println!("Admin endpoints (/healthz, /readyz) on http://{local}");
                 let app = portcullis_gateway::http::admin_router(gw.clone());
                 admin_task = Some(tokio::spawn(
                     axum::serve(l, app).with_graceful_shutdown(stop.clone().cancelled_owned()).into_future(),
