@@ -104,6 +104,7 @@ pub struct UpstreamConfig {
     /// Child environment: exactly these plus PATH, HOME and LANG from the gateway's own environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Working directory of a stdio child, relative to the config file's directory (the default).
     pub cwd: Option<PathBuf>,
     #[serde(default = "default_timeout", deserialize_with = "units::duration")]
     pub timeout: Duration,
@@ -203,6 +204,16 @@ impl Config {
                 reason: format!("{reason}{at}"),
             }
         })?;
+        // Children run in the config file's directory unless told otherwise, so relative paths in `command`
+        // mean the same thing wherever the gateway was started from.
+        let base = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir.clone() };
+        for u in &mut cfg.upstreams {
+            u.cwd = Some(match &u.cwd {
+                Some(c) if c.is_absolute() => c.clone(),
+                Some(c) => base.join(c),
+                None => base.clone(),
+            });
+        }
         cfg.base_dir = base_dir;
         cfg.source = file.to_owned();
         validate::validate(&cfg).map_err(|(key, reason)| ConfigError { file: file.to_owned(), key, reason })?;

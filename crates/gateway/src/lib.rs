@@ -39,6 +39,8 @@ pub struct Gateway {
     /// Upstreams whose lists have been folded into the catalog at least once.
     listed: Mutex<std::collections::HashSet<Arc<str>>>,
     generation: AtomicU64,
+    /// Initial listing is over (see [`Gateway::wait_initial`]).
+    started: std::sync::atomic::AtomicBool,
     pub sessions: SessionTable,
     pub shutdown: CancellationToken,
 }
@@ -77,6 +79,7 @@ impl Gateway {
             catalog_error: Mutex::new(None),
             listed: Mutex::new(Default::default()),
             generation: AtomicU64::new(0),
+            started: Default::default(),
             sessions: SessionTable::default(),
             shutdown: CancellationToken::new(),
         });
@@ -106,6 +109,10 @@ impl Gateway {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.started.store(true, Ordering::Relaxed);
+        for w in self.catalog().warnings() {
+            tracing::warn!("{w}");
         }
         match self.catalog_error.lock().clone() {
             Some(e) => Err(StartError::Catalog(e)),
@@ -197,8 +204,13 @@ impl Gateway {
             gen,
         ) {
             Ok(cat) => {
-                for w in cat.warnings() {
-                    tracing::warn!(upstream = %upstream, "{w}");
+                // Warn about what changed, once; during startup the partial catalog's warnings are noise
+                // (wait_initial logs the settled ones).
+                if self.started.load(Ordering::Relaxed) {
+                    let old = self.catalog();
+                    for w in cat.warnings().iter().filter(|w| !old.warnings().contains(w)) {
+                        tracing::warn!("{w}");
+                    }
                 }
                 self.catalog.store(Arc::new(cat));
                 *self.catalog_error.lock() = None;
