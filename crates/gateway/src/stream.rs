@@ -27,14 +27,19 @@ struct Inner {
     delivered: u64,
     done: bool,
     attached: bool,
+    /// Bumped by every attach; a consumer whose generation is stale stops (a resuming client took over).
+    attach_gen: u64,
 }
 
 /// Marks the stream as having a live consumer until dropped (a second standalone GET gets 409).
-pub struct Attachment(Arc<StreamBuf>);
+pub struct Attachment(Arc<StreamBuf>, u64);
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        self.0.inner.lock().attached = false;
+        let mut g = self.0.inner.lock();
+        if g.attach_gen == self.1 {
+            g.attached = false;
+        }
     }
 }
 
@@ -49,6 +54,7 @@ impl StreamBuf {
                 delivered: 0,
                 done: false,
                 attached: false,
+                attach_gen: 0,
             }),
             notify: Notify::new(),
         })
@@ -101,7 +107,20 @@ impl StreamBuf {
             return None;
         }
         g.attached = true;
-        Some(Attachment(self.clone()))
+        g.attach_gen += 1;
+        Some(Attachment(self.clone(), g.attach_gen))
+    }
+
+    /// Claim the consumer slot even if taken: a client resuming with `Last-Event-ID` replaces its own earlier
+    /// connection, which the server may not have noticed is dead yet. The old consumer ends.
+    pub fn take_over(self: &Arc<Self>) -> Attachment {
+        let mut g = self.inner.lock();
+        g.attached = true;
+        g.attach_gen += 1;
+        let gen = g.attach_gen;
+        drop(g);
+        self.notify.notify_waiters();
+        Attachment(self.clone(), gen)
     }
 
     /// Wait until at least one event is queued or the stream is finished.
@@ -129,12 +148,16 @@ impl StreamBuf {
         None
     }
 
-    /// The next events after `cursor`, or wait. Returns `None` when finished and drained.
-    async fn next_batch(&self, cursor: u64) -> Option<Vec<(u64, Arc<str>)>> {
+    /// The next events after `cursor`, or wait. Returns `None` when finished and drained, or when another
+    /// consumer took the stream over (`gen` is the caller's attachment generation).
+    async fn next_batch(&self, cursor: u64, gen: Option<u64>) -> Option<Vec<(u64, Arc<str>)>> {
         loop {
             let notified = self.notify.notified();
             {
                 let mut g = self.inner.lock();
+                if gen.is_some_and(|x| x != g.attach_gen) {
+                    return None;
+                }
                 let batch: Vec<(u64, Arc<str>)> =
                     g.events.iter().filter(|(s, _)| *s > cursor).map(|(s, e)| (*s, e.clone())).collect();
                 if let Some((last, _)) = batch.last() {
@@ -160,6 +183,7 @@ impl StreamBuf {
         keepalive: Option<Duration>,
     ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
         let start = resume_after.unwrap_or_else(|| self.inner.lock().delivered);
+        let gen = attachment.as_ref().map(|a| a.1);
         let prime_frame = prime.then(|| Bytes::from(format!("id: {}-{}\ndata: \n\n", self.id, start)));
         let state = (self, start, attachment, prime_frame);
         futures::stream::unfold(state, move |(buf, cursor, att, prime)| async move {
@@ -168,11 +192,11 @@ impl StreamBuf {
             }
             let batch = match keepalive {
                 // A comment line keeps proxies and idle timeouts from closing a quiet stream.
-                Some(k) => match tokio::time::timeout(k, buf.next_batch(cursor)).await {
+                Some(k) => match tokio::time::timeout(k, buf.next_batch(cursor, gen)).await {
                     Ok(b) => b?,
                     Err(_) => return Some((Ok(Bytes::from_static(b": keepalive\n\n")), (buf, cursor, att, None))),
                 },
-                None => buf.next_batch(cursor).await?,
+                None => buf.next_batch(cursor, gen).await?,
             };
             let mut out = String::new();
             let mut last = cursor;
@@ -216,6 +240,12 @@ mod tests {
         assert!(a.is_some());
         assert!(b.attach().is_none());
         drop(a);
+        let a = b.attach();
+        assert!(a.is_some());
+        let t = b.take_over();
+        drop(a); // the stale attachment must not release the new owner's slot
+        assert!(b.attach().is_none());
+        drop(t);
         assert!(b.attach().is_some());
     }
 }

@@ -119,6 +119,8 @@ impl Message {
         }
         let id = match env.id {
             None => None,
+            // `null` is only legal on an error answering a request whose id could not be read.
+            Some(None) if env.error.is_some() && env.method.is_none() => None,
             Some(None) => return Err(ParseError::Invalid("id must not be null".into())),
             Some(Some(raw)) => Some(
                 serde_json::from_str::<Id>(raw.get())

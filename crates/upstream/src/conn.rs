@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+const SESSION_EXPIRED: &str = "upstream session expired (HTTP 404); re-initializing";
+
 /// Session key of calls the gateway makes for itself (initialize, listing).
 pub const GATEWAY_SESSION: u64 = 0;
 
@@ -325,6 +327,11 @@ async fn supervise(inner: Arc<Inner>) {
         if inner.stop.is_cancelled() {
             break;
         }
+        if reason == SESSION_EXPIRED && was_up {
+            // The server restarted or dropped our session: open a new one right away (spec: re-initialize).
+            tracing::info!(upstream = %inner.name, "upstream session expired; re-initializing");
+            continue;
+        }
         if was_up && started.elapsed() > Duration::from_secs(30) {
             backoff = inner.cfg.restart_initial_backoff;
             failures = 0;
@@ -377,7 +384,7 @@ async fn run_pipe(inner: &Arc<Inner>, pipe: Pipe) -> String {
         match ev {
             Some(PipeEvent::Message(m)) => on_message(inner, generation, m),
             Some(PipeEvent::TooLarge { id, limit }) => on_too_large(inner, id, limit),
-            Some(PipeEvent::SessionExpired) => break "upstream session expired (HTTP 404); re-initializing".into(),
+            Some(PipeEvent::SessionExpired) => break SESSION_EXPIRED.into(),
             Some(PipeEvent::Closed { reason }) => break reason,
             None => break "transport ended".into(),
         }
