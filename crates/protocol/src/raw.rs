@@ -16,10 +16,52 @@ pub fn to_raw<T: serde::Serialize>(v: &T) -> Box<RawValue> {
 }
 
 /// A JSON object as an ordered list of (key, raw value). Duplicate keys are an error.
+///
+/// When parsed with [`RawObject::parse`], the object remembers its source text and where each value sits in it;
+/// as long as edits only replace existing values, [`RawObject::to_json`] splices the new values into the original
+/// text, so whitespace, key escapes and every untouched byte survive exactly as the peer sent them.
 #[derive(Debug, Clone, Default)]
-pub struct RawObject(pub Vec<(String, Box<RawValue>)>);
+pub struct RawObject(pub Vec<(String, Box<RawValue>)>, Option<Source>);
+
+#[derive(Debug, Clone)]
+struct Source {
+    text: String,
+    /// Byte span of each entry's value in `text`, in entry order.
+    spans: Vec<(usize, usize)>,
+    /// Set when a key was added or removed: the spans no longer describe the object.
+    reshaped: bool,
+    edited: Vec<bool>,
+}
+
+/// Borrowing twin of [`RawObject`], used to learn where each value sits in the source text.
+struct Borrowed<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Borrowed<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Borrowed<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Borrowed<'a>, A::Error> {
+                let mut out: Vec<(String, &'a RawValue)> = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(k) = map.next_key::<String>()? {
+                    if out.iter().any(|(e, _)| *e == k) {
+                        return Err(de::Error::custom(format_args!("duplicate key {k:?}")));
+                    }
+                    let v: &'a RawValue = map.next_value()?;
+                    out.push((k, v));
+                }
+                Ok(Borrowed(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
 
 impl<'de> Deserialize<'de> for RawObject {
+    // Used when a RawObject is nested inside another deserialized type; no source spans then.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
@@ -36,7 +78,7 @@ impl<'de> Deserialize<'de> for RawObject {
                     let v: Box<RawValue> = map.next_value()?;
                     out.push((k, v));
                 }
-                Ok(RawObject(out))
+                Ok(RawObject(out, None))
             }
         }
         d.deserialize_map(V)
@@ -45,7 +87,18 @@ impl<'de> Deserialize<'de> for RawObject {
 
 impl RawObject {
     pub fn parse(s: &str) -> Result<RawObject, serde_json::Error> {
-        serde_json::from_str(s)
+        let b: Borrowed<'_> = serde_json::from_str(s)?;
+        let base = s.as_ptr() as usize;
+        let mut entries = Vec::with_capacity(b.0.len());
+        let mut spans = Vec::with_capacity(b.0.len());
+        for (k, v) in b.0 {
+            // serde_json hands out slices of the input, so the offset is pointer arithmetic on safe refs.
+            let start = v.get().as_ptr() as usize - base;
+            spans.push((start, start + v.get().len()));
+            entries.push((k, raw(v.get())));
+        }
+        let edited = vec![false; entries.len()];
+        Ok(RawObject(entries, Some(Source { text: s.to_owned(), spans, reshaped: false, edited })))
     }
 
     pub fn get(&self, key: &str) -> Option<&RawValue> {
@@ -58,9 +111,19 @@ impl RawObject {
     }
 
     pub fn set(&mut self, key: &str, value: Box<RawValue>) {
-        match self.0.iter_mut().find(|(k, _)| k == key) {
-            Some((_, v)) => *v = value,
-            None => self.0.push((key.to_owned(), value)),
+        match self.0.iter().position(|(k, _)| k == key) {
+            Some(i) => {
+                self.0[i].1 = value;
+                if let Some(src) = &mut self.1 {
+                    src.edited[i] = true;
+                }
+            }
+            None => {
+                self.0.push((key.to_owned(), value));
+                if let Some(src) = &mut self.1 {
+                    src.reshaped = true;
+                }
+            }
         }
     }
 
@@ -70,10 +133,32 @@ impl RawObject {
 
     pub fn remove(&mut self, key: &str) -> Option<Box<RawValue>> {
         let i = self.0.iter().position(|(k, _)| k == key)?;
+        if let Some(src) = &mut self.1 {
+            src.reshaped = true;
+        }
         Some(self.0.remove(i).1)
     }
 
     pub fn to_json(&self) -> String {
+        match &self.1 {
+            Some(src) if !src.reshaped => {
+                let mut out = String::with_capacity(src.text.len() + 16);
+                let mut at = 0;
+                for (i, (start, end)) in src.spans.iter().enumerate() {
+                    if src.edited[i] {
+                        out.push_str(&src.text[at..*start]);
+                        out.push_str(self.0[i].1.get());
+                        at = *end;
+                    }
+                }
+                out.push_str(&src.text[at..]);
+                out
+            }
+            _ => self.render(),
+        }
+    }
+
+    fn render(&self) -> String {
         let len: usize = self.0.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum();
         let mut s = String::with_capacity(len + 2);
         s.push('{');
@@ -104,6 +189,17 @@ mod tests {
         assert_eq!(o.get_str("name").as_deref(), Some("a"));
         o.set_str("name", "up__a");
         assert_eq!(o.to_json(), r#"{"name":"up__a","x":{ "deep" : [1,2 ] },"_meta":{"k":1}}"#);
+    }
+
+    #[test]
+    fn keeps_foreign_formatting_when_editing() {
+        let src = "{\"name\": \"a\", \"execution\": {\"taskSupport\": \"optional\"},\n \"k\\u0041\": [1, 2]}";
+        let mut o = RawObject::parse(src).unwrap();
+        o.set_str("name", "up__a");
+        assert_eq!(o.to_json(), src.replace("\"a\",", "\"up__a\","));
+        // Adding a key falls back to a compact rendering that is still valid JSON.
+        o.set_str("extra", "x");
+        assert!(serde_json::from_str::<serde_json::Value>(&o.to_json()).is_ok());
     }
 
     #[test]

@@ -191,7 +191,18 @@ impl Conn {
         timeout: Duration,
     ) -> Result<Message, CallError> {
         let deadline = Instant::now() + timeout;
-        self.wait_ready(deadline).await?;
+        loop {
+            self.wait_ready(deadline).await?;
+            // Between a crash and the supervisor publishing it, status still says Ready but the transport is
+            // gone: wait for the restart instead of failing a call that was never sent.
+            if self.inner.state.lock().tx.is_some() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(self.unavailable("not connected"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         call_inner(&self.inner, uid, session, method, params, sink, deadline).await
     }
 
@@ -303,7 +314,7 @@ async fn call_inner(
 fn rewrite_progress_token(params: &RawValue, uid: i64) -> Option<(Box<RawValue>, Box<RawValue>)> {
     let mut obj = RawObject::parse(params.get()).ok()?;
     let mut meta = RawObject::parse(obj.get("_meta")?.get()).ok()?;
-    let original = meta.remove("progressToken")?;
+    let original = raw(meta.get("progressToken")?.get());
     meta.set("progressToken", raw(&uid.to_string()));
     obj.set("_meta", meta.into_raw());
     Some((obj.into_raw(), original))
@@ -316,7 +327,7 @@ async fn supervise(inner: Arc<Inner>) {
         if inner.stop.is_cancelled() {
             break;
         }
-        let _ = inner.status.send(Status::Starting);
+        let _ = inner.status.send_replace(Status::Starting);
         let started = Instant::now();
         let reason = match spawn_pipe(&inner.cfg, &inner.http).await {
             Ok(pipe) => run_pipe(&inner, pipe).await,
@@ -339,7 +350,7 @@ async fn supervise(inner: Arc<Inner>) {
         failures += 1;
         tracing::warn!(upstream = %inner.name, %reason, retry_in = ?backoff, "upstream down");
         let _ = inner.events.try_send(UpstreamEvent::Status { upstream: inner.name.clone(), ready: false });
-        let _ = inner.status.send(Status::Down { reason: reason.clone(), failures });
+        let _ = inner.status.send_replace(Status::Down { reason: reason.clone(), failures });
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = inner.stop.cancelled() => break,
@@ -347,7 +358,7 @@ async fn supervise(inner: Arc<Inner>) {
         backoff = (backoff * 2).min(inner.cfg.restart_max_backoff);
     }
     fail_all(&inner, "the gateway is shutting down");
-    let _ = inner.status.send(Status::Stopped);
+    let _ = inner.status.send_replace(Status::Stopped);
 }
 
 /// Fail every in-flight call promptly: a crashed upstream must never leave a client hanging.
@@ -438,7 +449,7 @@ async fn initialize(inner: Arc<Inner>) {
             Err(e) => tracing::warn!(upstream = %inner.name, error = %e, "listing failed after initialize"),
         }
     }
-    let _ = inner.status.send(Status::Ready);
+    let _ = inner.status.send_replace(Status::Ready);
     let _ = inner.events.try_send(UpstreamEvent::Status { upstream: inner.name.clone(), ready: true });
 }
 
