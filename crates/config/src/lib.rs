@@ -4,9 +4,11 @@
 //!
 //! Main type: [`Config`]. Each pipeline stage owns its section type.
 
+mod auth;
 mod units;
 mod validate;
 
+pub use auth::{ApiKeyConfig, AuthConfig, ClientAuth, CredentialConfig, Hs256Config, JwtConfig};
 pub use units::{parse_duration, parse_size};
 
 use serde::Deserialize;
@@ -33,6 +35,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default, rename = "topic")]
     pub topics: Vec<TopicConfig>,
+    /// Inbound authentication; absent = anonymous mode.
+    pub auth: Option<AuthConfig>,
     /// Directory relative paths in the file resolve against (the file's own directory).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -128,6 +132,13 @@ pub struct UpstreamConfig {
     pub restart_max_backoff: Duration,
     #[serde(default = "default_connect_timeout", deserialize_with = "units::duration")]
     pub connect_timeout: Duration,
+    /// How the gateway authenticates to this upstream (never with the caller's own token).
+    #[serde(default)]
+    pub credential: CredentialConfig,
+    /// For a shared stdio child, which cannot take per-call environment: the per-call credential travels in
+    /// `params._meta` under this key. Per-session children get it as `PORTCULLIS_UPSTREAM_TOKEN` instead.
+    #[serde(default = "default_credential_meta_key")]
+    pub credential_meta_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +158,9 @@ pub struct TopicConfig {
     /// Upstreams whose resources and resource templates this topic exposes. Default: none.
     #[serde(default)]
     pub resource_upstreams: Vec<String>,
+    /// Scopes a token must carry to use this topic (403 insufficient_scope otherwise).
+    #[serde(default)]
+    pub scopes: Vec<String>,
     /// Page size for this topic's lists (default 200).
     #[serde(default = "default_page_size")]
     pub page_size: usize,
@@ -257,6 +271,9 @@ fn default_transport() -> HttpTransport {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_credential_meta_key() -> String {
+    "io.portcullis/credential".into()
 }
 fn default_page_size() -> usize {
     200

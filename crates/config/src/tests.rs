@@ -59,3 +59,36 @@ fn sizes_parse() {
     assert_eq!(parse_size("100").unwrap(), 100);
     assert!(parse_size("4XB").is_err());
 }
+
+#[test]
+fn credentials_parse_strictly() {
+    let base = "[[upstream]]\nname = \"u\"\nurl = \"http://x/mcp\"\n";
+    let c = parse(&format!("{base}credential = {{ kind = \"static\", value_env = \"TOKEN\" }}\n")).unwrap();
+    assert!(matches!(c.upstreams[0].credential, CredentialConfig::Static { .. }));
+    let e = parse(&format!("{base}credential = {{ kind = \"static\", value_env = \"T\", bogus = 1 }}\n")).unwrap_err();
+    assert!(e.to_string().contains("bogus"), "{e}");
+    let e = parse(&format!("{base}credential = {{ kind = \"magic\" }}\n")).unwrap_err();
+    assert!(e.key.starts_with("upstream[0].credential"), "{e}");
+    let e = parse(&format!(
+        "{base}credential = {{ kind = \"mint_obo\", key_file = \"k.pem\", issuer = \"i\", ttl = \"1h\" }}\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.key, "upstream[0].credential.ttl");
+}
+
+#[test]
+fn auth_section_validates() {
+    let e = parse("[auth]\nresource = \"http://127.0.0.1:8080/mcp\"\n").unwrap_err();
+    assert_eq!(e.key, "auth");
+    let e = parse("[auth]\nresource = \"x\"\n[[auth.api_key]]\nid = \"a\"\nsha256 = \"00\"\nsubject = \"s\"\n")
+        .unwrap_err();
+    assert_eq!(e.key, "auth.resource");
+    let ok = format!(
+        "[auth]\nresource = \"http://127.0.0.1:8080/mcp\"\n[[auth.api_key]]\nid = \"a\"\nsha256 = \"{}\"\nsubject = \"s\"\n",
+        "a".repeat(64)
+    );
+    assert!(parse(&ok).is_ok());
+    let e = parse("[auth]\nresource = \"http://h/mcp\"\n[[auth.jwt]]\nissuer = \"i\"\njwks_file = \"j\"\nalgorithms = [\"HS256\"]\n")
+        .unwrap_err();
+    assert_eq!(e.key, "auth.jwt[0].algorithms[0]");
+}

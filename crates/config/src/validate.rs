@@ -70,6 +70,7 @@ pub(crate) fn validate(cfg: &Config) -> Res {
         if u.max_children == 0 {
             return err(key("max_children"), "must be at least 1");
         }
+        crate::auth::validate_credential(i, &u.credential, u.is_stdio())?;
     }
     let mut topics = HashSet::new();
     for (i, t) in cfg.topics.iter().enumerate() {
@@ -112,6 +113,9 @@ pub(crate) fn validate(cfg: &Config) -> Res {
                 return err(key(&format!("aliases.{alias}")), format!("{target:?} is not a federated tool name"));
             }
         }
+    }
+    if let Some(a) = &cfg.auth {
+        crate::auth::validate(a)?;
     }
     if !cfg.server.all_tools_endpoint && cfg.topics.is_empty() {
         return err(
