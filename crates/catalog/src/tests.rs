@@ -29,6 +29,7 @@ fn topic(name: &str, tools: &[&str], aliases: &[(&str, &str)]) -> TopicConfig {
         prompts: Vec::new(),
         resource_upstreams: Vec::new(),
         page_size: 200,
+        scopes: Vec::new(),
     }
 }
 

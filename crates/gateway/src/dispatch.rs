@@ -9,7 +9,7 @@ use crate::Gateway;
 use portcullis_catalog::{ListKind, View};
 use portcullis_protocol::raw::{raw, to_raw};
 use portcullis_protocol::{code, version, ErrorObject, Id, Message, RawObject};
-use portcullis_upstream::{CallError, Sink, Upstream};
+use portcullis_upstream::{Call, CallError, Sink, Upstream};
 use serde_json::value::RawValue;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -244,7 +244,16 @@ impl Gateway {
         let sink: Arc<dyn Sink> = Arc::new(SessionSink { session: Arc::downgrade(s), related: Some(id.clone()) });
         let uid = conn.alloc_id();
         s.track_call(id.clone(), conn.clone(), uid);
-        let res = conn.call(uid, s.key, method, params, Some(sink), upstream.config().timeout).await;
+        let call = Call {
+            uid,
+            session: s.key,
+            method,
+            params,
+            sink: Some(sink),
+            timeout: upstream.config().timeout,
+            headers: Vec::new(),
+        };
+        let res = conn.call(call).await;
         s.untrack_call(&id);
         match res {
             Ok(Message::Response { result, .. }) => Message::Response { id, result },

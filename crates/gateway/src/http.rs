@@ -58,7 +58,7 @@ pub fn admin_router(gw: Arc<Gateway>) -> Router {
                 let body: Vec<serde_json::Value> = gw
                     .upstream_status()
                     .into_iter()
-                    .map(|(n, s)| serde_json::json!({"upstream": n, "status": format!("{s:?}")}))
+                    .map(|(n, s, e)| serde_json::json!({"upstream": n, "status": format!("{s:?}"), "last_error": e}))
                     .collect();
                 let status = if gw.ready() && !gw.shutdown.is_cancelled() {
                     StatusCode::OK

@@ -49,7 +49,7 @@ pub struct Gateway {
 pub enum StartError {
     #[error("{0}")]
     Catalog(String),
-    #[error("required upstream {upstream:?} did not initialize within {secs}s: {reason}")]
+    #[error("required upstream {upstream:?} did not initialize (waited up to {secs}s): {reason}")]
     NotReady { upstream: String, secs: u64, reason: String },
 }
 
@@ -91,16 +91,25 @@ impl Gateway {
     /// Wait until every required upstream has initialized and been listed (or failed), then report
     /// federation errors. `serve` and `check` refuse to start on a name collision.
     pub async fn wait_initial(&self, timeout: Duration) -> Result<(), StartError> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let mut not_ready = None;
         for u in self.upstreams.iter().filter(|u| u.config().required) {
+            // Each upstream gets its own connect_timeout (capped by `timeout`); one that fails its first start
+            // is not waited out: it keeps restarting in the background and /readyz reports it.
+            let deadline = start + u.config().connect_timeout.min(timeout);
             let mut rx = u.shared().subscribe_status();
-            let res = tokio::time::timeout_at(deadline.into(), rx.wait_for(|s| *s == Status::Ready)).await;
-            if res.is_err() {
-                let reason = match u.shared().status() {
-                    Status::Down { reason, .. } => reason,
-                    s => format!("{s:?}"),
-                };
-                return Err(StartError::NotReady { upstream: u.name().into(), secs: timeout.as_secs(), reason });
+            let waited = tokio::time::timeout_at(
+                deadline.into(),
+                rx.wait_for(|s| matches!(s, Status::Ready | Status::Down { .. })),
+            )
+            .await;
+            if waited.is_err() || u.shared().status() != Status::Ready {
+                let reason = u.shared().last_error().unwrap_or_else(|| "still initializing".into());
+                not_ready.get_or_insert(StartError::NotReady {
+                    upstream: u.name().into(),
+                    secs: u.config().connect_timeout.min(timeout).as_secs(),
+                    reason,
+                });
             }
         }
         // Lists are published just before Ready; give the event loop a moment to fold them in.
@@ -114,8 +123,12 @@ impl Gateway {
         for w in self.catalog().warnings() {
             tracing::warn!("{w}");
         }
-        match self.catalog_error.lock().clone() {
-            Some(e) => Err(StartError::Catalog(e)),
+        // A name collision is fatal even when some upstream is not up: report it first.
+        if let Some(e) = self.catalog_error.lock().clone() {
+            return Err(StartError::Catalog(e));
+        }
+        match not_ready {
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
@@ -130,8 +143,8 @@ impl Gateway {
         self.upstreams.iter().filter(|u| u.config().required).all(|u| u.shared().status() == Status::Ready)
     }
 
-    pub fn upstream_status(&self) -> Vec<(String, Status)> {
-        self.upstreams.iter().map(|u| (u.name().to_owned(), u.shared().status())).collect()
+    pub fn upstream_status(&self) -> Vec<(String, Status, Option<String>)> {
+        self.upstreams.iter().map(|u| (u.name().to_owned(), u.shared().status(), u.shared().last_error())).collect()
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {

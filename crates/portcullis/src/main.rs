@@ -234,8 +234,13 @@ async fn check(path: PathBuf) -> ExitCode {
         println!("ERROR: {e}");
         code = ExitCode::from(1);
     }
-    for (name, status) in gw.upstream_status() {
-        println!("upstream {name}: {status:?}");
+    for (name, status, err) in gw.upstream_status() {
+        match err {
+            Some(e) if status != portcullis_upstream::Status::Ready => {
+                println!("upstream {name}: {status:?} (last error: {e})")
+            }
+            _ => println!("upstream {name}: {status:?}"),
+        }
     }
     for w in cat.warnings() {
         println!("warning: {w}");

@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     next_id: AtomicI64,
     status: watch::Sender<Status>,
+    /// Why the transport last went down; kept through restarts so readiness can say why.
+    last_error: Mutex<Option<String>>,
     stop: CancellationToken,
 }
 
@@ -148,6 +150,7 @@ impl Conn {
             state: Mutex::new(State { tx: None, generation: 0, pending: HashMap::new(), init: None }),
             next_id: AtomicI64::new(1),
             status,
+            last_error: Mutex::new(None),
             stop: CancellationToken::new(),
         });
         tokio::spawn(supervise(inner.clone()));
@@ -160,6 +163,11 @@ impl Conn {
 
     pub fn status(&self) -> Status {
         self.inner.status.borrow().clone()
+    }
+
+    /// The reason the upstream last went down, until it is ready again.
+    pub fn last_error(&self) -> Option<String> {
+        self.inner.last_error.lock().clone()
     }
 
     pub fn subscribe_status(&self) -> watch::Receiver<Status> {
@@ -181,15 +189,8 @@ impl Conn {
 
     /// Forward one request and wait for its answer (a `Response` or `Error` message carrying the upstream id;
     /// the caller restores the client's id). `sink` receives messages the upstream sends about this call.
-    pub async fn call(
-        &self,
-        uid: i64,
-        session: u64,
-        method: &str,
-        params: Option<Box<RawValue>>,
-        sink: Option<Arc<dyn Sink>>,
-        timeout: Duration,
-    ) -> Result<Message, CallError> {
+    pub async fn call(&self, call: Call<'_>) -> Result<Message, CallError> {
+        let Call { uid, session, method, params, sink, timeout, headers } = call;
         let deadline = Instant::now() + timeout;
         loop {
             self.wait_ready(deadline).await?;
@@ -203,7 +204,7 @@ impl Conn {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        call_inner(&self.inner, uid, session, method, params, sink, deadline).await
+        call_inner(&self.inner, Req { uid, session, method, params, sink, deadline, headers }).await
     }
 
     async fn wait_ready(&self, deadline: Instant) -> Result<(), CallError> {
@@ -262,15 +263,39 @@ impl Conn {
     }
 }
 
-async fn call_inner(
-    inner: &Arc<Inner>,
+/// One forwarded request, as the gateway hands it to [`Conn::call`].
+pub struct Call<'a> {
+    /// From [`Conn::alloc_id`].
+    pub uid: i64,
+    /// The client session (attribution of what the upstream sends back).
+    pub session: u64,
+    pub method: &'a str,
+    pub params: Option<Box<RawValue>>,
+    /// Receives progress and server-to-client requests that belong to this call.
+    pub sink: Option<Arc<dyn Sink>>,
+    pub timeout: Duration,
+    /// Transport headers for this call (HTTP upstreams: the On-Behalf-Of credential).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+struct Req<'a> {
     uid: i64,
     session: u64,
-    method: &str,
-    mut params: Option<Box<RawValue>>,
+    method: &'a str,
+    params: Option<Box<RawValue>>,
     sink: Option<Arc<dyn Sink>>,
     deadline: Instant,
-) -> Result<Message, CallError> {
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl<'a> Req<'a> {
+    fn internal(uid: i64, method: &'a str, params: Option<Box<RawValue>>, deadline: Instant) -> Req<'a> {
+        Req { uid, session: GATEWAY_SESSION, method, params, sink: None, deadline, headers: Vec::new() }
+    }
+}
+
+async fn call_inner(inner: &Arc<Inner>, req: Req<'_>) -> Result<Message, CallError> {
+    let Req { uid, session, method, mut params, sink, deadline, headers } = req;
     // Progress tokens are chosen by clients and collide across sessions: give the upstream one of ours.
     let mut progress = None;
     if let Some(p) = &params {
@@ -291,7 +316,7 @@ async fn call_inner(
         tx
     };
     let msg = Message::Request { id: Id::Num(uid), method: method.to_owned(), params };
-    if tx.send(msg.into()).await.is_err() {
+    if tx.send(Outgoing { msg, headers }).await.is_err() {
         inner.state.lock().pending.remove(&uid);
         return Err(CallError::Unavailable { upstream: inner.name.to_string(), reason: "connection closed".into() });
     }
@@ -350,6 +375,7 @@ async fn supervise(inner: Arc<Inner>) {
         failures += 1;
         tracing::warn!(upstream = %inner.name, %reason, retry_in = ?backoff, "upstream down");
         let _ = inner.events.try_send(UpstreamEvent::Status { upstream: inner.name.clone(), ready: false });
+        *inner.last_error.lock() = Some(reason.clone());
         let _ = inner.status.send_replace(Status::Down { reason: reason.clone(), failures });
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -414,7 +440,7 @@ async fn initialize(inner: Arc<Inner>) {
         "clientInfo": {"name": "portcullis", "version": env!("CARGO_PKG_VERSION")},
     });
     let uid = inner.next_id.fetch_add(1, Ordering::Relaxed);
-    let res = call_inner(&inner, uid, GATEWAY_SESSION, "initialize", Some(to_raw(&params)), None, deadline).await;
+    let res = call_inner(&inner, Req::internal(uid, "initialize", Some(to_raw(&params)), deadline)).await;
     let info = match res.map(parse_init) {
         Ok(Ok(info)) => Arc::new(info),
         Ok(Err(e)) | Err(e) => {
@@ -449,6 +475,7 @@ async fn initialize(inner: Arc<Inner>) {
             Err(e) => tracing::warn!(upstream = %inner.name, error = %e, "listing failed after initialize"),
         }
     }
+    *inner.last_error.lock() = None;
     let _ = inner.status.send_replace(Status::Ready);
     let _ = inner.events.try_send(UpstreamEvent::Status { upstream: inner.name.clone(), ready: true });
 }
@@ -498,7 +525,7 @@ async fn fetch_list(inner: &Arc<Inner>, kind: ListKind) -> Result<Vec<Box<RawVal
         let params = cursor.as_ref().map(|c| to_raw(&serde_json::json!({ "cursor": c })));
         let uid = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + inner.cfg.timeout;
-        let msg = call_inner(inner, uid, GATEWAY_SESSION, kind.method(), params, None, deadline).await?;
+        let msg = call_inner(inner, Req::internal(uid, kind.method(), params, deadline)).await?;
         let Message::Response { result, .. } = msg else {
             // A server that advertises a capability but rejects the list: treat as empty, keep the rest.
             tracing::warn!(upstream = %inner.name, method = kind.method(), "list request failed; treating as empty");
@@ -710,7 +737,7 @@ impl Conn {
         tokio::spawn(async move {
             let uid = inner.next_id.fetch_add(1, Ordering::Relaxed);
             let deadline = Instant::now() + inner.cfg.timeout;
-            if let Err(e) = call_inner(&inner, uid, GATEWAY_SESSION, &method, params, None, deadline).await {
+            if let Err(e) = call_inner(&inner, Req::internal(uid, &method, params, deadline)).await {
                 tracing::debug!(upstream = %inner.name, %method, error = %e, "fire-and-forget request failed");
             }
         });

@@ -14,7 +14,7 @@ pub mod pool;
 pub mod sse_client;
 pub mod stdio;
 
-pub use conn::{Conn, ReplyHandle, Status};
+pub use conn::{Call, Conn, ReplyHandle, Status};
 pub use error::CallError;
 pub use pool::Upstream;
 

@@ -348,3 +348,144 @@ impl Http {
 pub fn text_of(resp: &Value) -> String {
     resp["result"]["content"][0]["text"].as_str().unwrap_or_default().to_owned()
 }
+
+// ---------------------------------------------------------------- helpers added for faults/concurrency/lifecycle/bytes
+
+/// `[[upstream]]` for the raw stdio server with extra command-line arguments (e.g. `--page-size 40`).
+pub fn raw_upstream_args(name: &str, marker: &str, args: &[&str], extra: &str) -> String {
+    let script = repo_root().join("tests/fixtures/raw_stdio_server.py");
+    let mut cmd = vec!["python3".to_owned(), script.display().to_string(), "--marker".into(), marker.to_owned()];
+    cmd.extend(args.iter().map(|a| (*a).to_owned()));
+    format!(
+        "[[upstream]]\nname = \"{name}\"\ncommand = {}\nclient_requests = [\"sampling\", \"elicitation\", \"roots\"]\n{extra}\n",
+        serde_json::to_string(&cmd).unwrap()
+    )
+}
+
+/// Remove ANSI colour escapes (the gateway's log may be coloured even on a pipe).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            if it.peek() == Some(&'[') {
+                it.next();
+                for d in it.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Gateway {
+    /// The captured log without colour codes.
+    pub fn plain_log(&self) -> String {
+        strip_ansi(&self.log_text())
+    }
+
+    /// Poll the log until a line satisfies `pred`; returns that line.
+    pub fn wait_log_line(&self, within: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self.plain_log().lines().find(|l| pred(l)) {
+                return Some(l.to_owned());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// The JSON-RPC error code of a response (panics with the message if it is not an error).
+pub fn error_code(resp: &Value) -> i64 {
+    resp["error"]["code"].as_i64().unwrap_or_else(|| panic!("expected a JSON-RPC error, got {resp}"))
+}
+
+impl Http {
+    /// Send a request with an explicit id; returns every message of the reply (notifications first, then the
+    /// response) and the raw reply.
+    pub async fn request_all(&self, id: Value, method: &str, params: Value) -> (Vec<Value>, Reply) {
+        let r = self.post(&json!({"jsonrpc":"2.0","id":id,"method":method,"params":params})).await;
+        assert_eq!(r.status, 200, "{method}: {}", r.body);
+        (r.messages(), r)
+    }
+
+    /// DELETE the session.
+    pub async fn delete(&self) -> u16 {
+        self.raw(reqwest::Method::DELETE, None, &[]).await.status
+    }
+}
+
+/// Write `text` as a config file in a fresh temp dir and run `portcullis <args> -c FILE`, killing it after
+/// `within`. Returns (exit status, stdout, stderr, config path, temp dir guard).
+pub fn run_cli(
+    args: &[&str],
+    text: &str,
+    within: Duration,
+) -> (ExitStatus, String, String, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(bin())
+        .args(args)
+        .arg("-c")
+        .arg(&config)
+        .current_dir(repo_root())
+        .env("PORTCULLIS_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut so, &mut s);
+        s
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut se, &mut s);
+        s
+    });
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let st = child.wait().unwrap();
+            let (o, e) = (t1.join().unwrap(), t2.join().unwrap());
+            panic!("portcullis {args:?} did not exit within {within:?} ({st}); stdout:\n{o}\nstderr:\n{e}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (o, e) = (t1.join().unwrap(), t2.join().unwrap());
+    (status, o, strip_ansi(&e), config, dir)
+}
+
+/// Like [`raw_upstream_args`], but the child sleeps `delay` seconds (via `sh -c`) before exec'ing the server, to
+/// order upstream start-ups deterministically.
+pub fn raw_upstream_delayed(name: &str, marker: &str, delay: &str, args: &[&str], extra: &str) -> String {
+    let script = repo_root().join("tests/fixtures/raw_stdio_server.py");
+    let mut line = format!("sleep {delay}; exec python3 '{}' --marker {marker}", script.display());
+    for a in args {
+        line.push(' ');
+        line.push_str(a);
+    }
+    let cmd = ["sh".to_owned(), "-c".to_owned(), line];
+    format!(
+        "[[upstream]]\nname = \"{name}\"\ncommand = {}\nclient_requests = [\"sampling\", \"elicitation\", \"roots\"]\n{extra}\n",
+        serde_json::to_string(&cmd).unwrap()
+    )
+}
