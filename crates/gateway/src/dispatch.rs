@@ -7,6 +7,7 @@
 use crate::session::{ClientCaps, Session, SessionSink};
 use crate::Gateway;
 use portcullis_catalog::{ListKind, View};
+use portcullis_obo::Caller;
 use portcullis_protocol::raw::{raw, to_raw};
 use portcullis_protocol::{code, version, ErrorObject, Id, Message, RawObject};
 use portcullis_upstream::{Call, CallError, Sink, Upstream};
@@ -158,7 +159,8 @@ impl Gateway {
             return unknown_tool(id, &name);
         };
         obj.set_str("name", &route.name);
-        self.forward(s, &upstream, id, method, Some(obj.into_raw())).await
+        let tool = matches!(kind, Named::Tool).then_some(route.name.as_str());
+        self.forward(s, &upstream, id, method, Some(obj.into_raw()), tool).await
     }
 
     async fn call_resource(
@@ -193,7 +195,7 @@ impl Gateway {
             }
             _ => {}
         }
-        self.forward(s, &upstream, id, method, params).await
+        self.forward(s, &upstream, id, method, params, None).await
     }
 
     async fn complete(&self, s: &Arc<Session>, view: &View, id: Id, params: Option<Box<RawValue>>) -> Message {
@@ -224,35 +226,62 @@ impl Gateway {
             return err(id, code::INVALID_PARAMS, "Unknown completion target");
         };
         obj.set("ref", r.into_raw());
-        self.forward(s, &upstream, id, "completion/complete", Some(obj.into_raw())).await
+        self.forward(s, &upstream, id, "completion/complete", Some(obj.into_raw()), None).await
     }
 
-    /// The upstream call stage.
+    /// The upstream call stage: the On-Behalf-Of credential for this caller, upstream and tool, then the call.
     async fn forward(
         &self,
         s: &Arc<Session>,
         upstream: &Arc<Upstream>,
         id: Id,
         method: &str,
-        params: Option<Box<RawValue>>,
+        mut params: Option<Box<RawValue>>,
+        tool: Option<&str>,
     ) -> Message {
+        let mut headers = Vec::new();
+        let mut child_env = None;
+        if let Some(creds) = self.credentials.get(upstream.name()) {
+            let p = &s.principal;
+            let caller = Caller {
+                subject: &p.subject,
+                client_id: p.client_id.as_deref(),
+                actors: &p.actors,
+                token: p.token.as_ref().map(|t| t.expose()),
+            };
+            match creds.for_call(&caller, tool).await {
+                Ok(None) => {}
+                Ok(Some((name, secret))) => {
+                    if upstream.config().is_stdio() {
+                        // A shared child has one environment for everyone: the per-call credential rides in
+                        // params._meta; a per-session child also gets it in its environment at spawn.
+                        let token = secret.bearer_token().unwrap_or(secret.expose()).to_owned();
+                        params = Some(with_meta(params, &upstream.config().credential_meta_key, &token));
+                        child_env = Some(token);
+                    } else if let Some(v) = secret.header_value() {
+                        headers.push((name, v));
+                    }
+                }
+                Err(e) => {
+                    let err = ErrorObject::new(
+                        code::INTERNAL_ERROR,
+                        format!("cannot obtain a credential for upstream {:?}: {e}", upstream.name()),
+                    )
+                    .with_data(serde_json::json!({"upstream": upstream.name()}));
+                    return Message::error(Some(id), &err);
+                }
+            }
+        }
         let owner = || -> Arc<dyn Sink> { Arc::new(SessionSink { session: Arc::downgrade(s), related: None }) };
-        let conn = match upstream.conn_for(s.key, owner) {
+        let conn = match upstream.conn_for(s.key, owner, child_env) {
             Ok(c) => c,
             Err(e) => return Message::error(Some(id), &e.to_error()),
         };
         let sink: Arc<dyn Sink> = Arc::new(SessionSink { session: Arc::downgrade(s), related: Some(id.clone()) });
         let uid = conn.alloc_id();
         s.track_call(id.clone(), conn.clone(), uid);
-        let call = Call {
-            uid,
-            session: s.key,
-            method,
-            params,
-            sink: Some(sink),
-            timeout: upstream.config().timeout,
-            headers: Vec::new(),
-        };
+        let call =
+            Call { uid, session: s.key, method, params, sink: Some(sink), timeout: upstream.config().timeout, headers };
         let res = conn.call(call).await;
         s.untrack_call(&id);
         match res {
@@ -273,6 +302,15 @@ impl Gateway {
             Err(e) => Message::error(Some(id), &e.to_error()),
         }
     }
+}
+
+/// `params` with `_meta[key] = token` (other bytes kept).
+fn with_meta(params: Option<Box<RawValue>>, key: &str, token: &str) -> Box<RawValue> {
+    let mut obj = params.as_deref().and_then(|p| RawObject::parse(p.get()).ok()).unwrap_or_default();
+    let mut meta = obj.get("_meta").and_then(|m| RawObject::parse(m.get()).ok()).unwrap_or_default();
+    meta.set_str(key, token);
+    obj.set("_meta", meta.into_raw());
+    obj.into_raw()
 }
 
 #[derive(Clone, Copy)]

@@ -18,6 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use portcullis_auth::Principal;
 use portcullis_protocol::message::{is_batch, split_batch};
 use portcullis_protocol::{code, version, ErrorObject, Id, Message};
 use std::sync::Arc;
@@ -42,6 +43,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/sse", get(crate::sse_legacy::open_all))
         .route("/sse/{topic}", get(crate::sse_legacy::open_topic))
         .route("/messages", post(crate::sse_legacy::post_message))
+        .route("/.well-known/oauth-protected-resource", get(crate::identity::metadata_root))
+        .route("/.well-known/oauth-protected-resource/mcp", get(crate::identity::metadata_mcp))
+        .route("/.well-known/oauth-protected-resource/mcp/{topic}", get(crate::identity::metadata_topic))
+        .route("/.well-known/jwks.json", get(crate::identity::jwks))
         .fallback(|| async {
             rpc_error(StatusCode::NOT_FOUND, code::SESSION, "Not found: the MCP endpoint is /mcp or /mcp/{topic}")
         })
@@ -212,7 +217,12 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> 
 
 /// Find the session a request names: 400 when the header is missing, 404 when unknown, ended, or created on
 /// another endpoint (a session id is not a key to other topics).
-fn session_for(gw: &Gateway, topic: Option<&str>, headers: &HeaderMap) -> Result<Arc<Session>, Response> {
+fn session_for(
+    gw: &Gateway,
+    topic: Option<&str>,
+    headers: &HeaderMap,
+    who: &Principal,
+) -> Result<Arc<Session>, Response> {
     let Some(sid) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         return Err(rpc_error(
             StatusCode::BAD_REQUEST,
@@ -221,7 +231,12 @@ fn session_for(gw: &Gateway, topic: Option<&str>, headers: &HeaderMap) -> Result
         ));
     };
     match gw.sessions.get(sid) {
-        Some(s) if s.topic.as_deref() == topic && matches!(s.out, Output::Http(_)) => Ok(s),
+        // Another caller presenting this id learns nothing: same 404 as an unknown session.
+        Some(s)
+            if s.topic.as_deref() == topic && matches!(s.out, Output::Http(_)) && s.principal.same_identity(who) =>
+        {
+            Ok(s)
+        }
         _ => Err(rpc_error(
             StatusCode::NOT_FOUND,
             -32001,
@@ -251,6 +266,10 @@ async fn post_mcp(gw: Arc<Gateway>, topic: Option<String>, headers: HeaderMap, b
     if !gw.serves(topic) {
         return no_endpoint();
     }
+    let who = match gw.authenticate_http(&headers, topic).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let Some(acc) = accept(&headers) else {
         return rpc_error(
             StatusCode::NOT_ACCEPTABLE,
@@ -271,7 +290,7 @@ async fn post_mcp(gw: Arc<Gateway>, topic: Option<String>, headers: HeaderMap, b
         Err(r) => return r,
     };
     if is_batch(&bytes) {
-        return post_batch(gw, topic, &headers, &bytes).await;
+        return post_batch(gw, topic, &headers, &bytes, &who).await;
     }
     let msg = match Message::parse(&bytes) {
         Ok(m) => m,
@@ -279,7 +298,7 @@ async fn post_mcp(gw: Arc<Gateway>, topic: Option<String>, headers: HeaderMap, b
     };
     if let Message::Request { id, method, params } = &msg {
         match method.as_str() {
-            "initialize" => return initialize(&gw, topic, id.clone(), params.as_deref(), &acc),
+            "initialize" => return initialize(&gw, topic, id.clone(), params.as_deref(), &acc, who),
             // Not served yet (stateless era): a plain -32601 makes `auto` clients fall back to initialize.
             "server/discover" => {
                 let m = Message::error(
@@ -295,7 +314,7 @@ async fn post_mcp(gw: Arc<Gateway>, topic: Option<String>, headers: HeaderMap, b
             _ => {}
         }
     }
-    let s = match session_for(&gw, topic, &headers) {
+    let s = match session_for(&gw, topic, &headers, &who) {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -321,8 +340,9 @@ fn initialize(
     id: Id,
     params: Option<&serde_json::value::RawValue>,
     acc: &Accept,
+    who: Arc<Principal>,
 ) -> Response {
-    let Some(s) = gw.new_session(topic, Output::Http(HttpOutput::new(gw.cfg.server.sse_replay))) else {
+    let Some(s) = gw.new_session(topic, Output::Http(HttpOutput::new(gw.cfg.server.sse_replay)), who) else {
         let mut r = rpc_error(
             StatusCode::SERVICE_UNAVAILABLE,
             code::OVERLOADED,
@@ -389,8 +409,14 @@ async fn request(
     sse_response(buf.sse(None, None, true, None))
 }
 
-async fn post_batch(gw: Arc<Gateway>, topic: Option<&str>, headers: &HeaderMap, bytes: &[u8]) -> Response {
-    let s = match session_for(&gw, topic, headers) {
+async fn post_batch(
+    gw: Arc<Gateway>,
+    topic: Option<&str>,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    who: &Principal,
+) -> Response {
+    let s = match session_for(&gw, topic, headers, who) {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -461,7 +487,11 @@ async fn get_mcp(gw: Arc<Gateway>, topic: Option<String>, headers: HeaderMap) ->
             "Not Acceptable: GET needs Accept: text/event-stream",
         );
     }
-    let s = match session_for(&gw, topic, &headers) {
+    let who = match gw.authenticate_http(&headers, topic).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let s = match session_for(&gw, topic, &headers, &who) {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -508,7 +538,11 @@ async fn delete_mcp(gw: Arc<Gateway>, topic: Option<String>, headers: HeaderMap)
     if !gw.serves(topic.as_deref()) {
         return no_endpoint();
     }
-    let s = match session_for(&gw, topic.as_deref(), &headers) {
+    let who = match gw.authenticate_http(&headers, topic.as_deref()).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let s = match session_for(&gw, topic.as_deref(), &headers, &who) {
         Ok(s) => s,
         Err(r) => return r,
     };

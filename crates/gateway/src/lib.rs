@@ -10,6 +10,7 @@
 mod channel;
 pub mod dispatch;
 pub mod http;
+pub mod identity;
 pub mod session;
 mod sse_legacy;
 pub mod stdio;
@@ -17,8 +18,10 @@ pub mod stream;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use portcullis_auth::{Authenticator, Principal};
 use portcullis_catalog::{Catalog, ListKind, UpstreamLists};
 use portcullis_config::Config;
+use portcullis_obo::Credentials;
 use portcullis_upstream::{Status, Upstream, UpstreamEvent};
 use session::{Output, Session, SessionTable};
 use std::collections::HashMap;
@@ -30,6 +33,11 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Gateway {
     pub cfg: Arc<Config>,
+    /// `None` = anonymous mode (no `[auth]` section).
+    pub auth: Option<Authenticator>,
+    pub anonymous: Arc<Principal>,
+    /// Outbound credential per upstream name.
+    pub credentials: HashMap<Arc<str>, Arc<Credentials>>,
     upstreams: Vec<Arc<Upstream>>,
     by_name: HashMap<Arc<str>, Arc<Upstream>>,
     lists: Mutex<Vec<(Arc<str>, Arc<UpstreamLists>)>>,
@@ -54,8 +62,9 @@ pub enum StartError {
 }
 
 impl Gateway {
-    /// Start every upstream and the event loop. Returns at once; see [`Gateway::wait_initial`].
-    pub fn start(cfg: Config) -> Arc<Gateway> {
+    /// Start every upstream and the event loop. Returns at once; see [`Gateway::wait_initial`]. Fails when a
+    /// credential or key named in the config cannot be loaded (the message names the key).
+    pub fn start(cfg: Config) -> Result<Arc<Gateway>, String> {
         let cfg = Arc::new(cfg);
         let (tx, rx) = mpsc::channel(4096);
         let http = reqwest::Client::builder()
@@ -64,6 +73,17 @@ impl Gateway {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
+        let auth = match &cfg.auth {
+            Some(a) => Some(
+                Authenticator::new(a, &cfg.base_dir, http.clone()).map_err(|e| format!("{}: auth: {e}", cfg.source))?,
+            ),
+            None => None,
+        };
+        let mut credentials = HashMap::new();
+        for u in &cfg.upstreams {
+            let c = Credentials::new(u, &cfg.base_dir, http.clone()).map_err(|e| format!("{}: {e}", cfg.source))?;
+            credentials.insert(Arc::<str>::from(u.name.as_str()), Arc::new(c));
+        }
         let upstreams: Vec<Arc<Upstream>> =
             cfg.upstreams.iter().map(|u| Upstream::start(u.clone(), tx.clone(), http.clone())).collect();
         let by_name = upstreams.iter().map(|u| (Arc::from(u.name()), u.clone())).collect();
@@ -72,6 +92,9 @@ impl Gateway {
             .unwrap_or_else(|_| Catalog::empty(&cfg.topics));
         let gw = Arc::new(Gateway {
             cfg,
+            auth,
+            anonymous: Arc::new(Principal::anonymous()),
+            credentials,
             upstreams,
             by_name,
             lists: Mutex::new(lists),
@@ -85,7 +108,7 @@ impl Gateway {
         });
         tokio::spawn(event_loop(Arc::downgrade(&gw), rx));
         tokio::spawn(reap_idle(Arc::downgrade(&gw)));
-        gw
+        Ok(gw)
     }
 
     /// Wait until every required upstream has initialized and been listed (or failed), then report
@@ -167,11 +190,11 @@ impl Gateway {
         }
     }
 
-    pub fn new_session(&self, topic: Option<&str>, out: Output) -> Option<Arc<Session>> {
+    pub fn new_session(&self, topic: Option<&str>, out: Output, principal: Arc<Principal>) -> Option<Arc<Session>> {
         if self.sessions.len() >= self.cfg.server.max_sessions {
             return None;
         }
-        let s = Session::new(self.sessions.next_key(), topic.map(Arc::from), out);
+        let s = Session::new(self.sessions.next_key(), topic.map(Arc::from), out, principal);
         self.sessions.insert(s.clone());
         Some(s)
     }

@@ -125,6 +125,8 @@ pub struct Session {
     /// `Mcp-Session-Id` / legacy `sessionId`: 128 random bits, hex.
     pub id: String,
     pub topic: Option<Arc<str>>,
+    /// Who created the session; only the same identity may use it (others get 404, as if it did not exist).
+    pub principal: Arc<portcullis_auth::Principal>,
     pub version: Mutex<String>,
     pub caps: Mutex<ClientCaps>,
     pub initialized: AtomicBool,
@@ -151,11 +153,17 @@ pub fn new_session_id() -> String {
 }
 
 impl Session {
-    pub fn new(key: u64, topic: Option<Arc<str>>, out: Output) -> Arc<Session> {
+    pub fn new(
+        key: u64,
+        topic: Option<Arc<str>>,
+        out: Output,
+        principal: Arc<portcullis_auth::Principal>,
+    ) -> Arc<Session> {
         Arc::new(Session {
             key,
             id: new_session_id(),
             topic,
+            principal,
             version: Mutex::new(portcullis_protocol::version::DEFAULT_HEADER_VERSION.to_owned()),
             caps: Mutex::new(ClientCaps::default()),
             initialized: AtomicBool::new(false),

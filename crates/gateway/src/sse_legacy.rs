@@ -16,20 +16,24 @@ use tokio::sync::mpsc;
 /// Messages queued for one legacy SSE client before it is considered stalled.
 const CHANNEL_DEPTH: usize = 1024;
 
-pub async fn open_all(State(gw): State<Arc<Gateway>>) -> Response {
-    open(gw, None).await
+pub async fn open_all(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    open(gw, None, headers).await
 }
 
-pub async fn open_topic(State(gw): State<Arc<Gateway>>, Path(topic): Path<String>) -> Response {
-    open(gw, Some(topic)).await
+pub async fn open_topic(State(gw): State<Arc<Gateway>>, Path(topic): Path<String>, headers: HeaderMap) -> Response {
+    open(gw, Some(topic), headers).await
 }
 
-async fn open(gw: Arc<Gateway>, topic: Option<String>) -> Response {
+async fn open(gw: Arc<Gateway>, topic: Option<String>, headers: HeaderMap) -> Response {
     if !gw.serves(topic.as_deref()) {
         return rpc_error(StatusCode::NOT_FOUND, code::SESSION, "Not found: no such MCP endpoint (topic)");
     }
+    let who = match gw.authenticate_http(&headers, topic.as_deref()).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let (tx, rx) = mpsc::channel::<String>(CHANNEL_DEPTH);
-    let Some(s) = gw.new_session(topic.as_deref(), Output::Channel(tx)) else {
+    let Some(s) = gw.new_session(topic.as_deref(), Output::Channel(tx), who) else {
         return rpc_error(StatusCode::SERVICE_UNAVAILABLE, code::OVERLOADED, "Too many sessions; retry later");
     };
     let endpoint = sse::encode(None, Some("endpoint"), &format!("/messages?sessionId={}", s.id));
@@ -81,6 +85,14 @@ pub async fn post_message(
     };
     let s = match gw.sessions.get(&sid) {
         Some(s) if matches!(s.out, Output::Channel(_)) => s,
+        _ => return rpc_error(StatusCode::NOT_FOUND, -32001, "Session not found: open a new stream with GET /sse"),
+    };
+    let who = match gw.authenticate_http(&headers, s.topic.as_deref()).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let s = match s.principal.same_identity(&who) {
+        true => s,
         _ => return rpc_error(StatusCode::NOT_FOUND, -32001, "Session not found: open a new stream with GET /sse"),
     };
     let bytes = match read_body(&headers, body, gw.cfg.server.max_body).await {

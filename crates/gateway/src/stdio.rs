@@ -9,13 +9,20 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::mpsc;
 
 /// Serve one client over a reader/writer pair until the reader ends; then end the session.
-pub async fn serve<R, W>(gw: Arc<Gateway>, topic: Option<String>, input: R, output: W) -> std::io::Result<()>
+/// `principal` is who the local user is (stdio has no tokens; `portcullis stdio --as SUBJECT`).
+pub async fn serve<R, W>(
+    gw: Arc<Gateway>,
+    topic: Option<String>,
+    principal: Arc<portcullis_auth::Principal>,
+    input: R,
+    output: W,
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, mut rx) = mpsc::channel::<String>(1024);
-    let Some(s) = gw.new_session(topic.as_deref(), Output::Channel(tx)) else {
+    let Some(s) = gw.new_session(topic.as_deref(), Output::Channel(tx), principal) else {
         return Err(std::io::Error::other("session limit reached"));
     };
     let writer = tokio::spawn(async move {

@@ -34,11 +34,59 @@ enum Cmd {
         /// Serve only this topic's tools.
         #[arg(long)]
         topic: Option<String>,
+        /// The local user's identity for upstream credentials (stdio carries no tokens). Default: "local".
+        #[arg(long = "as", value_name = "SUBJECT")]
+        as_subject: Option<String>,
     },
     /// Validate the config, start the upstreams once, print the resolved catalog, and exit.
     Check {
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// API keys: `keys new` prints a fresh key and the config lines holding only its hash.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Dev tokens: `token mint` signs a test JWT with the config's dev key (created on first use).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create an Ed25519 signing key (PEM) for `mint_obo` (alg = "EdDSA") if the file does not exist, and write
+    /// its public JWKS next to it (`FILE.jwks.json`).
+    Signing {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    New {
+        /// The key's id in the config.
+        #[arg(long, default_value = "my-key")]
+        id: String,
+        #[arg(long, default_value = "my-service")]
+        subject: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    Mint {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        sub: String,
+        /// Comma-separated roles.
+        #[arg(long, default_value = "")]
+        roles: String,
+        /// Space- or comma-separated scopes.
+        #[arg(long, default_value = "")]
+        scopes: String,
+        #[arg(long, default_value = "1h")]
+        ttl: String,
     },
 }
 
@@ -54,8 +102,25 @@ fn main() -> ExitCode {
     rt.block_on(async {
         match cli.cmd {
             Cmd::Serve { config } => serve(config).await,
-            Cmd::Stdio { config, topic } => stdio(config, topic).await,
+            Cmd::Stdio { config, topic, as_subject } => stdio(config, topic, as_subject).await,
             Cmd::Check { config } => check(config).await,
+            Cmd::Keys { cmd: KeysCmd::New { id, subject } } => keys_new(&id, &subject),
+            Cmd::Keys { cmd: KeysCmd::Signing { out } } => {
+                let jwks = PathBuf::from(format!("{}.jwks.json", out.display()));
+                match portcullis_auth::generate_dev_key(&out, &jwks) {
+                    Ok(()) => {
+                        println!("signing key: {} (public JWKS: {})", out.display(), jwks.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("portcullis: {e}");
+                        ExitCode::from(1)
+                    }
+                }
+            }
+            Cmd::Token { cmd: TokenCmd::Mint { config, sub, roles, scopes, ttl } } => {
+                token_mint(&config, &sub, &roles, &scopes, &ttl)
+            }
         }
     })
 }
@@ -83,7 +148,15 @@ fn startup_wait(cfg: &Config) -> Duration {
 
 async fn start(cfg: Config) -> Result<Arc<Gateway>, ExitCode> {
     let wait = startup_wait(&cfg);
-    let gw = Gateway::start(cfg);
+    if cfg.auth.is_none() {
+        tracing::warn!(
+            "no [auth] section: ANONYMOUS MODE, every caller is \"anonymous\"; fine for a local quickstart, never for a shared listener"
+        );
+    }
+    let gw = Gateway::start(cfg).map_err(|e| {
+        eprintln!("portcullis: {e}");
+        ExitCode::from(2)
+    })?;
     match gw.wait_initial(wait).await {
         Ok(()) => Ok(gw),
         Err(e @ StartError::Catalog(_)) => {
@@ -188,7 +261,7 @@ async fn wait_for_signal() {
     }
 }
 
-async fn stdio(path: PathBuf, topic: Option<String>) -> ExitCode {
+async fn stdio(path: PathBuf, topic: Option<String>, as_subject: Option<String>) -> ExitCode {
     init_logs();
     let cfg = match load(&path) {
         Ok(c) => c,
@@ -207,8 +280,11 @@ async fn stdio(path: PathBuf, topic: Option<String>) -> ExitCode {
         Ok(g) => g,
         Err(code) => return code,
     };
+    let mut local = portcullis_auth::Principal::anonymous();
+    local.subject = as_subject.unwrap_or_else(|| "local".into());
+    let principal = Arc::new(local);
     let res = tokio::select! {
-        r = portcullis_gateway::stdio::serve(gw.clone(), topic, tokio::io::stdin(), tokio::io::stdout()) => r,
+        r = portcullis_gateway::stdio::serve(gw.clone(), topic, principal, tokio::io::stdin(), tokio::io::stdout()) => r,
         _ = wait_for_signal() => Ok(()),
     };
     gw.shutdown_all().await;
@@ -229,7 +305,13 @@ async fn check(path: PathBuf) -> ExitCode {
     };
     println!("{}: config OK ({} upstreams, {} topics)", path.display(), cfg.upstreams.len(), cfg.topics.len());
     let wait = startup_wait(&cfg);
-    let gw = Gateway::start(cfg);
+    let gw = match Gateway::start(cfg) {
+        Ok(g) => g,
+        Err(e) => {
+            println!("ERROR: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let res = gw.wait_initial(wait).await;
     let cat = gw.catalog();
     let mut code = ExitCode::SUCCESS;
@@ -264,4 +346,53 @@ async fn check(path: PathBuf) -> ExitCode {
     }
     gw.shutdown_all().await;
     code
+}
+
+fn keys_new(id: &str, subject: &str) -> ExitCode {
+    let (key, hash) = portcullis_auth::new_api_key();
+    println!("API key (give it to the client; it is not stored anywhere):\n  {key}\n");
+    println!("Config lines (only the hash is stored):\n");
+    println!("[[auth.api_key]]\nid = \"{id}\"\nsha256 = \"{hash}\"\nsubject = \"{subject}\"\nroles = []");
+    ExitCode::SUCCESS
+}
+
+fn token_mint(path: &std::path::Path, sub: &str, roles: &str, scopes: &str, ttl: &str) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let fail = |msg: String| {
+        eprintln!("portcullis: {msg}");
+        ExitCode::from(2)
+    };
+    let Some(auth) = &cfg.auth else {
+        return fail(format!(
+            "{}: no [auth] section; token mint needs [auth] with dev_signing_key_file",
+            path.display()
+        ));
+    };
+    let Some(key) = &auth.dev_signing_key_file else {
+        return fail(format!("{}: auth.dev_signing_key_file: not set; token mint signs with it", path.display()));
+    };
+    let Some(jwt) = auth.jwt.iter().find(|j| j.jwks_file.is_some()) else {
+        return fail(format!("{}: auth.jwt: no entry with jwks_file to publish the dev key in", path.display()));
+    };
+    let ttl = match portcullis_config::parse_duration(ttl) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("--ttl: {e}")),
+    };
+    let key = cfg.base_dir.join(key);
+    let jwks = cfg.base_dir.join(jwt.jwks_file.clone().unwrap_or_default());
+    if let Err(e) = portcullis_auth::generate_dev_key(&key, &jwks) {
+        return fail(e);
+    }
+    let list = |s: &str| s.split([',', ' ']).filter(|x| !x.is_empty()).map(str::to_owned).collect::<Vec<_>>();
+    let audience = jwt.audience.clone().unwrap_or_else(|| auth.resource.clone());
+    match portcullis_auth::mint_dev_token(&key, &jwt.issuer, &audience, sub, &list(roles), &list(scopes), ttl) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
 }

@@ -46,7 +46,14 @@ impl Upstream {
     }
 
     /// The connection a session's calls go to; starts the session's own child on first use.
-    pub fn conn_for(&self, session: u64, owner: impl FnOnce() -> Arc<dyn Sink>) -> Result<Conn, CallError> {
+    /// `child_env`: a credential for a new per-session child's environment (`PORTCULLIS_UPSTREAM_TOKEN`); it is
+    /// fixed at spawn, so the per-call credential in `params._meta` stays the one to trust for freshness.
+    pub fn conn_for(
+        &self,
+        session: u64,
+        owner: impl FnOnce() -> Arc<dyn Sink>,
+        child_env: Option<String>,
+    ) -> Result<Conn, CallError> {
         if !self.cfg.per_session {
             return Ok(self.shared.clone());
         }
@@ -57,8 +64,16 @@ impl Upstream {
         if map.len() >= self.cfg.max_children {
             return Err(CallError::TooManyChildren { upstream: self.cfg.name.clone(), limit: self.cfg.max_children });
         }
+        let cfg = match child_env {
+            Some(token) => {
+                let mut c = (*self.cfg).clone();
+                c.env.insert("PORTCULLIS_UPSTREAM_TOKEN".into(), token);
+                Arc::new(c)
+            }
+            None => self.cfg.clone(),
+        };
         let conn = Conn::start(ConnSpec {
-            cfg: self.cfg.clone(),
+            cfg,
             owner: Some(owner()),
             publishes: false,
             events: self.events.clone(),

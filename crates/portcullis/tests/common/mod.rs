@@ -489,3 +489,72 @@ pub fn raw_upstream_delayed(name: &str, marker: &str, delay: &str, args: &[&str]
         serde_json::to_string(&cmd).unwrap()
     )
 }
+
+// ---------------------------------------------------------------- helpers added for identity
+
+impl Http {
+    /// A client that sends `Authorization: <authorization>` on every request (POST, GET and DELETE).
+    pub fn with_authorization(url: &str, authorization: &str) -> Http {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::AUTHORIZATION, reqwest::header::HeaderValue::from_str(authorization).unwrap());
+        let client = reqwest::Client::builder().default_headers(h).build().unwrap();
+        Http { client, url: url.to_owned(), session: None, next_id: 0 }
+    }
+
+    /// A client that sends `Authorization: Bearer <token>` on every request.
+    pub fn bearer(url: &str, token: &str) -> Http {
+        Self::with_authorization(url, &format!("Bearer {token}"))
+    }
+}
+
+impl Gateway {
+    /// Start `portcullis serve -c <config>` on an existing config file (its own `[server]` section must listen on
+    /// `127.0.0.1:0` for both ports).
+    pub fn start_file(config: &Path, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "-c"]).arg(config).current_dir(repo_root());
+        cmd.env("PORTCULLIS_LOG", "info,portcullis_upstream=debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let l2 = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut g = l2.lock().unwrap();
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut url, mut admin) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while url.is_none() || admin.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("Portcullis is listening on ") {
+                        url = Some(rest.trim().to_owned());
+                    }
+                    if let Some(rest) = line.strip_prefix("Admin endpoints (/healthz, /readyz) on ") {
+                        admin = Some(rest.trim().to_owned());
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("gateway did not start; log:\n{}", log.lock().unwrap());
+                }
+            }
+        }
+        Gateway { child: Some(child), url: url.unwrap(), admin, log, config: config.to_owned(), _dir: dir }
+    }
+}
