@@ -38,6 +38,19 @@ impl Gateway {
         let v = version::negotiate(requested.as_deref());
         *s.version.lock() = v.to_owned();
         *s.caps.lock() = ClientCaps::from_initialize(params);
+        let (_, caps, info, instructions) = self.server_description(s.topic.as_deref());
+        let mut result = serde_json::json!({"protocolVersion": v, "capabilities": caps, "serverInfo": info});
+        if let Some(i) = instructions {
+            result["instructions"] = serde_json::Value::String(i);
+        }
+        to_raw(&result)
+    }
+
+    /// What this endpoint is: (topic, capabilities = union of the upstreams', serverInfo, instructions).
+    pub fn server_description(
+        &self,
+        topic: Option<&str>,
+    ) -> (Option<String>, serde_json::Value, serde_json::Value, Option<String>) {
         let mut caps = serde_json::Map::new();
         caps.insert("tools".into(), serde_json::json!({"listChanged": true}));
         let has =
@@ -54,17 +67,10 @@ impl Gateway {
         if has("completions") {
             caps.insert("completions".into(), serde_json::json!({}));
         }
-        let mut result = serde_json::json!({
-            "protocolVersion": v,
-            "capabilities": caps,
-            "serverInfo": {"name": "portcullis", "title": "Portcullis MCP gateway", "version": env!("CARGO_PKG_VERSION")},
-        });
-        if let Some(t) = s.topic.as_deref() {
-            if let Some(desc) = self.cfg.topics.iter().find(|x| x.name == t).and_then(|x| x.description.clone()) {
-                result["instructions"] = serde_json::Value::String(desc);
-            }
-        }
-        to_raw(&result)
+        let info = serde_json::json!({"name": "portcullis", "title": "Portcullis MCP gateway", "version": env!("CARGO_PKG_VERSION")});
+        let instructions =
+            topic.and_then(|t| self.cfg.topics.iter().find(|x| x.name == t)).and_then(|x| x.description.clone());
+        (topic.map(str::to_owned), serde_json::Value::Object(caps), info, instructions)
     }
 
     /// Handle one client request (not `initialize`, which the transport handles) and produce its answer.

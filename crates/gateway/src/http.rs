@@ -90,7 +90,7 @@ fn json_response(body: String, session: Option<&str>) -> Response {
     r
 }
 
-fn sse_response(
+pub(crate) fn sse_response(
     stream: impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
 ) -> Response {
     Response::builder()
@@ -156,9 +156,9 @@ fn origin_allowed(gw: &Gateway, origin: &str, host: Option<&str>) -> bool {
     host.is_some_and(|h| h.eq_ignore_ascii_case(ohost))
 }
 
-struct Accept {
-    json: bool,
-    sse: bool,
+pub(crate) struct Accept {
+    pub(crate) json: bool,
+    pub(crate) sse: bool,
 }
 
 fn accept(headers: &HeaderMap) -> Option<Accept> {
@@ -296,6 +296,9 @@ async fn post_mcp(gw: Arc<Gateway>, topic: Option<String>, headers: HeaderMap, b
         Ok(m) => m,
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
     };
+    if crate::modern::is_modern(&headers, &msg) {
+        return crate::modern::post(gw, topic, &headers, msg, acc, who).await;
+    }
     if let Message::Request { id, method, params } = &msg {
         match method.as_str() {
             "initialize" => return initialize(&gw, topic, id.clone(), params.as_deref(), &acc, who),

@@ -11,6 +11,7 @@ mod channel;
 pub mod dispatch;
 pub mod http;
 pub mod identity;
+pub mod modern;
 pub mod session;
 mod sse_legacy;
 pub mod stdio;
@@ -50,7 +51,18 @@ pub struct Gateway {
     /// Initial listing is over (see [`Gateway::wait_initial`]).
     started: std::sync::atomic::AtomicBool,
     pub sessions: SessionTable,
+    /// Open `subscriptions/listen` streams (stateless era).
+    listeners: Mutex<Vec<Listener>>,
+    next_listener: AtomicU64,
     pub shutdown: CancellationToken,
+}
+
+struct Listener {
+    key: u64,
+    topic: Option<Arc<str>>,
+    methods: Vec<&'static str>,
+    sub_id: serde_json::Value,
+    buf: Arc<stream::StreamBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +116,8 @@ impl Gateway {
             generation: AtomicU64::new(0),
             started: Default::default(),
             sessions: SessionTable::default(),
+            listeners: Mutex::new(Vec::new()),
+            next_listener: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(event_loop(Arc::downgrade(&gw), rx));
@@ -223,6 +237,22 @@ impl Gateway {
         self.upstreams.iter().map(|u| u.shared().in_flight()).sum()
     }
 
+    pub(crate) fn add_listener(
+        self: &Arc<Self>,
+        topic: Option<&str>,
+        methods: Vec<&'static str>,
+        sub_id: serde_json::Value,
+        buf: Arc<stream::StreamBuf>,
+    ) -> modern::ListenerGuard {
+        let key = self.next_listener.fetch_add(1, Ordering::Relaxed);
+        self.listeners.lock().push(Listener { key, topic: topic.map(Arc::from), methods, sub_id, buf });
+        modern::ListenerGuard { gw: Arc::downgrade(self), key }
+    }
+
+    pub(crate) fn remove_listener(&self, key: u64) {
+        self.listeners.lock().retain(|l| l.key != key);
+    }
+
     fn on_lists(&self, upstream: Arc<str>, lists: Arc<UpstreamLists>, changed: Vec<ListKind>) {
         let snapshot = {
             let mut all = self.lists.lock();
@@ -259,6 +289,26 @@ impl Gateway {
             }
         }
         let cat = self.catalog();
+        let methods: Vec<&'static str> = changed
+            .iter()
+            .map(|k| match k {
+                ListKind::Tools => "notifications/tools/list_changed",
+                ListKind::Prompts => "notifications/prompts/list_changed",
+                ListKind::Resources | ListKind::Templates => "notifications/resources/list_changed",
+            })
+            .collect();
+        for l in self.listeners.lock().iter() {
+            if !cat.view(l.topic.as_deref()).is_some_and(|v| v.sees_upstream(&upstream)) {
+                continue;
+            }
+            let mut sent = Vec::new();
+            for m in methods.iter().filter(|m| l.methods.contains(m)) {
+                if !sent.contains(m) {
+                    sent.push(*m);
+                    l.buf.push(modern::tagged(m, &l.sub_id));
+                }
+            }
+        }
         for s in self.sessions.all() {
             if !s.initialized.load(Ordering::Relaxed) {
                 continue;

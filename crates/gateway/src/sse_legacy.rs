@@ -83,18 +83,21 @@ pub async fn post_message(
     let Some(sid) = q.session_id else {
         return rpc_error(StatusCode::BAD_REQUEST, code::SESSION, "Bad Request: sessionId query parameter is required");
     };
-    let s = match gw.sessions.get(&sid) {
-        Some(s) if matches!(s.out, Output::Channel(_)) => s,
-        _ => return rpc_error(StatusCode::NOT_FOUND, -32001, "Session not found: open a new stream with GET /sse"),
-    };
-    let who = match gw.authenticate_http(&headers, s.topic.as_deref()).await {
+    // Authenticate before looking the session up, so an unauthenticated caller cannot probe which ids exist.
+    let who = match gw.authenticate_http(&headers, None).await {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let s = match s.principal.same_identity(&who) {
-        true => s,
+    let s = match gw.sessions.get(&sid) {
+        Some(s) if matches!(s.out, Output::Channel(_)) && s.principal.same_identity(&who) => s,
         _ => return rpc_error(StatusCode::NOT_FOUND, -32001, "Session not found: open a new stream with GET /sse"),
     };
+    // Then the session's topic rules (its scopes); the verified token is cached, so this is cheap.
+    if s.topic.is_some() {
+        if let Err(r) = gw.authenticate_http(&headers, s.topic.as_deref()).await {
+            return r;
+        }
+    }
     let bytes = match read_body(&headers, body, gw.cfg.server.max_body).await {
         Ok(b) => b,
         Err(r) => return r,

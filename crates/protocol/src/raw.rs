@@ -28,7 +28,8 @@ struct Source {
     text: String,
     /// Byte span of each entry's value in `text`, in entry order.
     spans: Vec<(usize, usize)>,
-    /// Set when a key was added or removed: the spans no longer describe the object.
+    /// Set when a key was removed: the spans no longer describe the object. (Added keys are appended before
+    /// the closing brace, which keeps the original bytes.)
     reshaped: bool,
     edited: Vec<bool>,
 }
@@ -114,16 +115,11 @@ impl RawObject {
         match self.0.iter().position(|(k, _)| k == key) {
             Some(i) => {
                 self.0[i].1 = value;
-                if let Some(src) = &mut self.1 {
-                    src.edited[i] = true;
+                if let Some(e) = self.1.as_mut().and_then(|src| src.edited.get_mut(i)) {
+                    *e = true;
                 }
             }
-            None => {
-                self.0.push((key.to_owned(), value));
-                if let Some(src) = &mut self.1 {
-                    src.reshaped = true;
-                }
-            }
+            None => self.0.push((key.to_owned(), value)),
         }
     }
 
@@ -151,7 +147,24 @@ impl RawObject {
                         at = *end;
                     }
                 }
-                out.push_str(&src.text[at..]);
+                let rest = &src.text[at..];
+                let added = &self.0[src.spans.len()..];
+                if added.is_empty() {
+                    out.push_str(rest);
+                    return out;
+                }
+                // New keys go just before the closing brace.
+                let Some(close) = rest.rfind('}') else { return self.render() };
+                out.push_str(&rest[..close]);
+                for (i, (k, v)) in added.iter().enumerate() {
+                    if i > 0 || !src.spans.is_empty() {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::to_string(k).unwrap_or_default());
+                    out.push(':');
+                    out.push_str(v.get());
+                }
+                out.push_str(&rest[close..]);
                 out
             }
             _ => self.render(),
@@ -197,8 +210,16 @@ mod tests {
         let mut o = RawObject::parse(src).unwrap();
         o.set_str("name", "up__a");
         assert_eq!(o.to_json(), src.replace("\"a\",", "\"up__a\","));
-        // Adding a key falls back to a compact rendering that is still valid JSON.
+        // Adding a key appends it before the closing brace and keeps the rest.
         o.set_str("extra", "x");
+        assert_eq!(o.to_json(), src.replace("\"a\",", "\"up__a\",").replace("2]}", "2],\"extra\":\"x\"}"));
+        let mut empty = RawObject::parse("{ }").unwrap();
+        empty.set_str("k", "v");
+        empty.set_str("k", "w"); // editing an added key
+        empty.set_str("k", "v");
+        assert_eq!(empty.to_json(), "{ \"k\":\"v\"}");
+        // Removing a key falls back to a compact rendering that is still valid JSON.
+        o.remove("name");
         assert!(serde_json::from_str::<serde_json::Value>(&o.to_json()).is_ok());
     }
 

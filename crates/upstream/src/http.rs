@@ -168,6 +168,14 @@ where
             _ = token.cancelled() => break,
             Some(_) = posts.join_next(), if !posts.is_empty() => {}
             out = out_rx.recv(), if posts.len() < MAX_IN_FLIGHT => match out {
+                // Lifecycle messages keep their order: `initialized` must land before the requests that follow
+                // it, so it is sent inline rather than racing them as a concurrent POST.
+                Some(out) if out.msg.method() == Some("notifications/initialized") => {
+                    tokio::select! {
+                        _ = send(out) => {}
+                        _ = token.cancelled() => break,
+                    }
+                }
                 Some(out) => {
                     posts.spawn(send(out));
                 }

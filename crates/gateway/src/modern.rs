@@ -1,0 +1,356 @@
+//! Downstream stateless era (MCP 2026-07-28) on the same endpoints as the session era. A request is modern when it
+//! carries no `Mcp-Session-Id` and either names a non-session-era `MCP-Protocol-Version` or carries the `_meta`
+//! envelope; the era is chosen per request, so one endpoint serves both kinds of client.
+//!
+//! Validation follows the spec's ladder (first failure wins): envelope present (400 -32602) → headers mirror the
+//! body (400 -32020) → version supported (400 -32022 with `{supported, requested}`). Each request runs in an
+//! ephemeral session that exists only for that request; closing the response stream cancels the upstream call.
+//! Every result carries `resultType`; lists and `resources/read` carry `ttlMs`/`cacheScope`.
+//!
+//! Opt-in (`server.stateless_era = true`) until cross-era translation (InputRequiredResult) lands: without it a
+//! modern client could not answer an upstream's sampling or elicitation request, so by default `server/discover`
+//! gets -32601 and `auto` clients fall back to the session era, where everything works.
+
+// Handlers return ready-made `Response`s as errors, like http.rs.
+#![allow(clippy::result_large_err)]
+
+use crate::http::{rpc_error, Accept};
+use crate::session::{HttpOutput, Output, Session};
+use crate::stream::StreamBuf;
+use crate::Gateway;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use portcullis_auth::Principal;
+use portcullis_protocol::raw::{raw, to_raw};
+use portcullis_protocol::{code, version, ErrorObject, Id, Message, RawObject};
+use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub const PROTOCOL_VERSION_META: &str = "io.modelcontextprotocol/protocolVersion";
+pub const CLIENT_CAPABILITIES_META: &str = "io.modelcontextprotocol/clientCapabilities";
+pub const SUBSCRIPTION_ID_META: &str = "io.modelcontextprotocol/subscriptionId";
+pub const HEADER_MISMATCH: i64 = -32020;
+pub const UNSUPPORTED_VERSION: i64 = -32022;
+
+/// Does this POST belong to the stateless era?
+pub fn is_modern(headers: &HeaderMap, msg: &Message) -> bool {
+    if headers.contains_key(crate::http::SESSION_HEADER) {
+        return false;
+    }
+    if let Some(v) = headers.get(crate::http::VERSION_HEADER).and_then(|v| v.to_str().ok()) {
+        return !version::is_session_era(v);
+    }
+    msg.params().is_some_and(|p| p.get().contains(PROTOCOL_VERSION_META)) && msg.method() != Some("initialize")
+}
+
+/// The spec's HTTP status for a JSON-RPC error code on this era's wire.
+fn status_for(code: i64) -> StatusCode {
+    match code {
+        code::PARSE_ERROR
+        | code::INVALID_REQUEST
+        | code::INVALID_PARAMS
+        | HEADER_MISMATCH
+        | -32021
+        | UNSUPPORTED_VERSION => StatusCode::BAD_REQUEST,
+        code::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
+    }
+}
+
+fn error_response(id: Option<Id>, code: i64, message: &str, data: Option<serde_json::Value>) -> Response {
+    let mut e = ErrorObject::new(code, message);
+    e.data = data;
+    let body = Message::error(id, &e).to_json();
+    (status_for(code), [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Decode a header value that may use the `=?base64?…?=` form for values that are not header-safe.
+fn decode_header(v: &str) -> Option<String> {
+    match v.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
+        Some(payload) => {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(payload).ok()?;
+            String::from_utf8(bytes).ok()
+        }
+        None => Some(v.to_owned()),
+    }
+}
+
+/// The validation ladder. Returns the request's protocol version or the rejection to send.
+fn ladder(headers: &HeaderMap, id: &Id, method: &str, params: Option<&RawValue>) -> Result<String, Response> {
+    let reject = |code, msg: &str, data| Err(error_response(Some(id.clone()), code, msg, data));
+    let obj = params.and_then(|p| RawObject::parse(p.get()).ok());
+    let meta = obj.as_ref().and_then(|o| o.get("_meta")).and_then(|m| RawObject::parse(m.get()).ok());
+    let Some(meta) = meta else {
+        return reject(
+            code::INVALID_PARAMS,
+            &format!(
+                "params._meta must be an object carrying {PROTOCOL_VERSION_META:?} and {CLIENT_CAPABILITIES_META:?}"
+            ),
+            None,
+        );
+    };
+    let missing: Vec<&str> =
+        [PROTOCOL_VERSION_META, CLIENT_CAPABILITIES_META].into_iter().filter(|k| meta.get(k).is_none()).collect();
+    if !missing.is_empty() {
+        return reject(
+            code::INVALID_PARAMS,
+            &format!("params._meta is missing the required envelope key(s): {}", missing.join(", ")),
+            None,
+        );
+    }
+    // Routing headers appear once each; first-copy and last-copy readers would disagree otherwise.
+    for h in [crate::http::VERSION_HEADER, "mcp-method", "mcp-name"] {
+        if headers.get_all(h).iter().count() > 1 {
+            return reject(HEADER_MISMATCH, &format!("{h} header appears more than once"), None);
+        }
+    }
+    let body_version = meta.get_str(PROTOCOL_VERSION_META);
+    let header_version = headers.get(crate::http::VERSION_HEADER).and_then(|v| v.to_str().ok());
+    if header_version.is_none() || header_version != body_version.as_deref() {
+        return reject(
+            HEADER_MISMATCH,
+            "MCP-Protocol-Version header does not match the request's protocol version",
+            None,
+        );
+    }
+    if headers.get("mcp-method").and_then(|v| v.to_str().ok()) != Some(method) {
+        return reject(HEADER_MISMATCH, "Mcp-Method header does not match the request body's method", None);
+    }
+    let name_key = match method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" => Some("uri"),
+        _ => None,
+    };
+    if let Some(key) = name_key {
+        if let Some(body_value) = obj.as_ref().and_then(|o| o.get_str(key)) {
+            let header = headers.get("mcp-name").and_then(|v| v.to_str().ok()).and_then(decode_header);
+            if header.as_deref() != Some(body_value.as_str()) {
+                return reject(
+                    HEADER_MISMATCH,
+                    &format!("Mcp-Name header does not match the request body's {key:?}"),
+                    None,
+                );
+            }
+        }
+    }
+    let Some(v) = body_version else {
+        return reject(code::INVALID_PARAMS, "the protocol-version envelope value must be a string", None);
+    };
+    if v != version::STATELESS_ERA {
+        let data = serde_json::json!({"supported": [version::STATELESS_ERA], "requested": v});
+        return reject(UNSUPPORTED_VERSION, "Unsupported protocol version", Some(data));
+    }
+    Ok(v)
+}
+
+/// Add `resultType` (every result) and cache hints (lists, `resources/read`) unless the upstream set them.
+fn finish_result(gw: &Gateway, method: &str, msg: Message) -> Message {
+    let Message::Response { id, result } = msg else { return msg };
+    let Ok(mut obj) = RawObject::parse(result.get()) else {
+        return Message::Response { id, result };
+    };
+    if obj.get("resultType").is_none() {
+        obj.set("resultType", raw("\"complete\""));
+    }
+    let cacheable = matches!(
+        method,
+        "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" | "resources/read"
+    );
+    if cacheable {
+        if obj.get("ttlMs").is_none() {
+            obj.set("ttlMs", raw("0"));
+        }
+        // With [auth], what a caller sees may depend on who they are: never let a shared cache reuse it.
+        let scope = if gw.cfg.auth.is_some() || method == "resources/read" { "\"private\"" } else { "\"public\"" };
+        if obj.get("cacheScope").is_none() {
+            obj.set("cacheScope", raw(scope));
+        }
+    }
+    Message::Response { id, result: obj.into_raw() }
+}
+
+fn reply(gw: &Gateway, method: &str, msg: Message) -> Response {
+    let msg = finish_result(gw, method, msg);
+    let status = msg.error_code().map_or(StatusCode::OK, status_for);
+    (status, [(header::CONTENT_TYPE, "application/json")], msg.to_json()).into_response()
+}
+
+/// Cancels the upstream call when the response stream goes away before the answer (spec: closing the stream is
+/// the stateless era's cancellation).
+struct CancelOnDrop {
+    session: Arc<Session>,
+    id: Id,
+    done: Arc<AtomicBool>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.done.load(Ordering::Acquire) {
+            self.session.cancel(&self.id, "the client closed the response stream");
+        }
+    }
+}
+
+pub(crate) async fn post(
+    gw: Arc<Gateway>,
+    topic: Option<&str>,
+    headers: &HeaderMap,
+    msg: Message,
+    acc: Accept,
+    who: Arc<Principal>,
+) -> Response {
+    let (id, method, params) = match msg {
+        Message::Request { id, method, params } => (id, method, params),
+        // No client-to-server notifications act on anything in this era; acknowledge and drop them.
+        Message::Notification { .. } => return StatusCode::ACCEPTED.into_response(),
+        _ => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                "clients must not POST responses in protocol 2026-07-28",
+            )
+        }
+    };
+    if !gw.cfg.server.stateless_era {
+        return error_response(
+            Some(id),
+            code::METHOD_NOT_FOUND,
+            "protocol 2026-07-28 is not enabled on this gateway (server.stateless_era); use initialize (2025-11-25)",
+            None,
+        );
+    }
+    if let Err(r) = ladder(headers, &id, &method, params.as_deref()) {
+        return r;
+    }
+    match method.as_str() {
+        "server/discover" => return reply(&gw, &method, Message::result(id, discover(&gw, topic))),
+        "subscriptions/listen" => return listen(gw, topic, id, params.as_deref()),
+        "initialize" | "ping" | "logging/setLevel" | "resources/subscribe" | "resources/unsubscribe" => {
+            return error_response(
+                Some(id),
+                code::METHOD_NOT_FOUND,
+                &format!("{method} does not exist in protocol 2026-07-28"),
+                None,
+            );
+        }
+        _ => {}
+    }
+    // One ephemeral session per request: nothing outlives the response.
+    let s = Session::new(
+        gw.sessions.next_key(),
+        topic.map(Arc::from),
+        Output::Http(HttpOutput::new(gw.cfg.server.sse_replay)),
+        who,
+    );
+    *s.version.lock() = version::STATELESS_ERA.to_owned();
+    s.initialized.store(true, Ordering::Relaxed);
+    let Output::Http(out) = &s.out else {
+        return rpc_error(StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL_ERROR, "internal error");
+    };
+    let buf = out.open(id.clone());
+    let done = Arc::new(AtomicBool::new(false));
+    let guard = CancelOnDrop { session: s.clone(), id: id.clone(), done: done.clone() };
+    let (task_buf, task_s, task_gw, task_method) = (buf.clone(), s.clone(), gw.clone(), method.clone());
+    tokio::spawn(async move {
+        let resp = task_gw.request(&task_s, id, &task_method, params).await;
+        let resp = finish_result(&task_gw, &task_method, resp);
+        done.store(true, Ordering::Release);
+        task_buf.push(resp.to_json());
+        task_buf.finish();
+        task_s.close();
+    });
+    buf.wait_first().await;
+    if acc.json || !acc.sse {
+        if let Some(single) = buf.take_single() {
+            let status =
+                Message::parse(single.as_bytes()).ok().and_then(|m| m.error_code()).map_or(StatusCode::OK, status_for);
+            return (status, [(header::CONTENT_TYPE, "application/json")], single.to_string()).into_response();
+        }
+    }
+    // Progress came first: stream. The guard lives as long as the body, so a closed stream cancels the call.
+    let body = futures::StreamExt::map(buf.sse(None, None, false, None), move |chunk| {
+        let _ = &guard;
+        chunk
+    });
+    crate::http::sse_response(body)
+}
+
+fn discover(gw: &Gateway, topic: Option<&str>) -> Box<RawValue> {
+    let (_, caps, info, instructions) = gw.server_description(topic);
+    let mut result = serde_json::json!({
+        "supportedVersions": [version::STATELESS_ERA],
+        "capabilities": caps,
+        "resultType": "complete",
+        "ttlMs": 0,
+        "cacheScope": if gw.cfg.auth.is_some() { "private" } else { "public" },
+        "_meta": {"serverInfo": info},
+    });
+    if let Some(i) = instructions {
+        result["instructions"] = serde_json::Value::String(i);
+    }
+    to_raw(&result)
+}
+
+/// `subscriptions/listen`: acknowledge the honoured filter, then stream matching list_changed events (tagged with
+/// the subscription id) from upstreams this endpoint can see, until the client closes the stream.
+fn listen(gw: Arc<Gateway>, topic: Option<&str>, id: Id, params: Option<&RawValue>) -> Response {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct Filter {
+        tools_list_changed: Option<bool>,
+        prompts_list_changed: Option<bool>,
+        resources_list_changed: Option<bool>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct P {
+        #[serde(default)]
+        notifications: Filter,
+    }
+    let p: P = params.and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or_default();
+    let f = p.notifications;
+    let mut honored = serde_json::Map::new();
+    let mut methods = Vec::new();
+    for (flag, key, method) in [
+        (f.tools_list_changed, "toolsListChanged", "notifications/tools/list_changed"),
+        (f.prompts_list_changed, "promptsListChanged", "notifications/prompts/list_changed"),
+        (f.resources_list_changed, "resourcesListChanged", "notifications/resources/list_changed"),
+    ] {
+        if flag == Some(true) {
+            honored.insert(key.into(), serde_json::Value::Bool(true));
+            methods.push(method);
+        }
+    }
+    let sub_id: serde_json::Value = serde_json::from_str(&id.to_json()).unwrap_or(serde_json::Value::Null);
+    let buf = StreamBuf::new(0, gw.cfg.server.sse_replay);
+    let ack = serde_json::json!({"notifications": honored, "_meta": {SUBSCRIPTION_ID_META: sub_id}});
+    buf.push(Message::notification("notifications/subscriptions/acknowledged", Some(to_raw(&ack))).to_json());
+    let listener = gw.add_listener(topic, methods, sub_id, buf.clone());
+    let body =
+        futures::StreamExt::map(buf.sse(None, None, false, Some(std::time::Duration::from_secs(15))), move |c| {
+            let _ = &listener;
+            c
+        });
+    crate::http::sse_response(body)
+}
+
+/// Keeps a `subscriptions/listen` stream registered until its body is dropped.
+pub struct ListenerGuard {
+    pub(crate) gw: std::sync::Weak<Gateway>,
+    pub(crate) key: u64,
+}
+
+impl Drop for ListenerGuard {
+    fn drop(&mut self) {
+        if let Some(gw) = self.gw.upgrade() {
+            gw.remove_listener(self.key);
+        }
+    }
+}
+
+/// Bytes of one listen-stream notification for `method`, tagged with the subscription id.
+pub fn tagged(method: &str, sub_id: &serde_json::Value) -> String {
+    let params = serde_json::json!({"_meta": {SUBSCRIPTION_ID_META: sub_id}});
+    Message::notification(method, Some(to_raw(&params))).to_json()
+}

@@ -1,0 +1,238 @@
+//! The stateless protocol era (2026-07-28) served next to the session era: discover, the validation ladder with
+//! exact statuses and codes, resultType and cache hints, cancellation by closing the stream, subscriptions/listen,
+//! and the real Python client in `2026-07-28` and `auto` modes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const V: &str = "2026-07-28";
+
+fn envelope() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": V,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "e2e", "version": "0"},
+    })
+}
+
+fn body(id: i64, method: &str, mut params: Value) -> String {
+    params["_meta"] = envelope();
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
+}
+
+async fn modern(c: &Http, method: &str, params: Value, name: Option<&str>) -> Reply {
+    let mut h = vec![("mcp-protocol-version", V), ("mcp-method", method)];
+    if let Some(n) = name {
+        h.push(("mcp-name", n));
+    }
+    c.raw(Method::POST, Some(body(1, method, params)), &h).await
+}
+
+fn gateway(extra: &str) -> Gateway {
+    let m = marker("modern");
+    Gateway::start(&format!("stateless_era = true\n{extra}"), &raw_upstream("raw", &m, "timeout = \"10s\""))
+}
+
+#[tokio::test]
+async fn discover_lists_and_calls_carry_result_type_and_cache_hints() {
+    let gw = gateway("");
+    let c = Http::new(&gw.mcp(None));
+    let r = modern(&c, "server/discover", json!({}), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["result"]["supportedVersions"], json!([V]));
+    assert_eq!(v["result"]["resultType"], "complete");
+    assert!(v["result"]["capabilities"]["tools"].is_object(), "{v}");
+    assert_eq!(v["result"]["_meta"]["serverInfo"]["name"], "portcullis");
+    assert!(r.headers.get("mcp-session-id").is_none(), "no sessions in the stateless era");
+
+    let r = modern(&c, "tools/list", json!({}), None).await;
+    let v = r.json();
+    assert_eq!(v["result"]["resultType"], "complete");
+    assert_eq!(v["result"]["ttlMs"], 0);
+    // Anonymous mode: every caller sees the same list.
+    assert_eq!(v["result"]["cacheScope"], "public");
+    assert!(v["result"]["tools"].as_array().unwrap().iter().any(|t| t["name"] == "raw__echo"));
+
+    let r =
+        modern(&c, "tools/call", json!({"name": "raw__echo", "arguments": {"text": "stateless"}}), Some("raw__echo"))
+            .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.messages().pop().unwrap();
+    assert_eq!(v["result"]["content"][0]["text"], "stateless");
+    assert_eq!(v["result"]["resultType"], "complete");
+    // Byte preservation holds in this era too.
+    assert!(r.body.contains(r#""_meta": {"vendor.example/trace": "t-1"}"#), "{}", r.body);
+}
+
+#[tokio::test]
+async fn ladder_statuses_and_codes() {
+    let gw = gateway("");
+    let c = Http::new(&gw.mcp(None));
+    let call = json!({"name": "raw__echo", "arguments": {"text": "x"}});
+
+    // Mcp-Name disagrees with the body → 400 -32020.
+    let r = modern(&c, "tools/call", call.clone(), Some("raw__pid")).await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (400, json!(-32020)), "{}", r.body);
+    // Missing Mcp-Name on a name-bearing method → 400 -32020.
+    let r = modern(&c, "tools/call", call.clone(), None).await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (400, json!(-32020)));
+    // Base64 header form is decoded before comparing.
+    let r = modern(&c, "tools/call", call.clone(), Some("=?base64?cmF3X19lY2hv?=")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Mcp-Method disagrees → -32020.
+    let r = c
+        .raw(
+            Method::POST,
+            Some(body(1, "tools/list", json!({}))),
+            &[("mcp-protocol-version", V), ("mcp-method", "prompts/list")],
+        )
+        .await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (400, json!(-32020)));
+    // Header version differs from the envelope → -32020 (checked before support).
+    let r = c
+        .raw(
+            Method::POST,
+            Some(body(1, "tools/list", json!({}))),
+            &[("mcp-protocol-version", "2099-01-01"), ("mcp-method", "tools/list")],
+        )
+        .await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (400, json!(-32020)));
+    // Consistent but unsupported version → 400 -32022 with {supported, requested}.
+    let mut env = envelope();
+    env["io.modelcontextprotocol/protocolVersion"] = json!("2099-01-01");
+    let b = json!({"jsonrpc":"2.0","id":3,"method":"tools/list","params":{"_meta": env}}).to_string();
+    let r = c.raw(Method::POST, Some(b), &[("mcp-protocol-version", "2099-01-01"), ("mcp-method", "tools/list")]).await;
+    assert_eq!(r.status, 400);
+    let v = r.json();
+    assert_eq!(v["error"]["code"], -32022);
+    assert_eq!(v["error"]["data"], json!({"supported": [V], "requested": "2099-01-01"}));
+    // Missing envelope → 400 -32602.
+    let b = json!({"jsonrpc":"2.0","id":4,"method":"tools/list","params":{}}).to_string();
+    let r = c.raw(Method::POST, Some(b), &[("mcp-protocol-version", V), ("mcp-method", "tools/list")]).await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (400, json!(-32602)));
+    // Unknown method → 404 -32601; session-era-only methods are unknown here.
+    for m in ["no/such", "ping", "initialize"] {
+        let r = modern(&c, m, json!({}), None).await;
+        assert_eq!((r.status, r.json()["error"]["code"].clone()), (404, json!(-32601)), "{m}: {}", r.body);
+    }
+    // Unknown tool → 400 -32602 (the era's table maps invalid params to 400).
+    let r = modern(&c, "tools/call", json!({"name": "nope"}), Some("nope")).await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (400, json!(-32602)));
+    // Notifications are acknowledged and dropped.
+    let n = json!({"jsonrpc":"2.0","method":"notifications/whatever","params":{"_meta": envelope()}}).to_string();
+    let r =
+        c.raw(Method::POST, Some(n), &[("mcp-protocol-version", V), ("mcp-method", "notifications/whatever")]).await;
+    assert_eq!(r.status, 202);
+}
+
+#[tokio::test]
+async fn closing_the_stream_cancels_the_upstream_call() {
+    let gw = gateway("");
+    let url = gw.mcp(None);
+    let client = reqwest::Client::new();
+    let send = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", V)
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "raw__hang")
+        .body(body(7, "tools/call", json!({"name": "raw__hang", "arguments": {}})))
+        .send();
+    // Give the call time to reach the upstream, then hang up.
+    let _ = tokio::time::timeout(Duration::from_millis(700), send).await;
+    let c = Http::new(&url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = modern(
+            &c,
+            "tools/call",
+            json!({"name": "raw__cancellations", "arguments": {}}),
+            Some("raw__cancellations"),
+        )
+        .await;
+        let text = r.messages().pop().unwrap()["result"]["content"][0]["text"].as_str().unwrap_or("").to_owned();
+        if text.contains("closed the response stream") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "upstream never saw the cancellation: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn listen_acknowledges_then_streams_tagged_list_changed() {
+    let gw = gateway("");
+    let url = gw.mcp(None);
+    let client = reqwest::Client::new();
+    let mut resp = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", V)
+        .header("mcp-method", "subscriptions/listen")
+        .body(body(
+            42,
+            "subscriptions/listen",
+            json!({"notifications": {"toolsListChanged": true, "resourceSubscriptions": ["x://y"]}}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut text = String::new();
+    while !text.contains("acknowledged") {
+        text.push_str(&String::from_utf8_lossy(&resp.chunk().await.unwrap().unwrap()));
+    }
+    let first = sse_messages(&text);
+    assert_eq!(first[0]["method"], "notifications/subscriptions/acknowledged");
+    assert_eq!(first[0]["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 42);
+    // Only what the gateway will actually deliver is acknowledged.
+    assert_eq!(first[0]["params"]["notifications"], json!({"toolsListChanged": true}));
+
+    let c = Http::new(&url);
+    let r =
+        modern(&c, "tools/call", json!({"name": "raw__notify_changed", "arguments": {}}), Some("raw__notify_changed"))
+            .await;
+    assert_eq!(r.status, 200);
+    while !text.contains("tools/list_changed") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk()).await.unwrap().unwrap().unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let msgs = sse_messages(&text);
+    let changed = msgs.iter().find(|m| m["method"] == "notifications/tools/list_changed").unwrap();
+    assert_eq!(changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 42);
+}
+
+#[tokio::test]
+async fn python_client_in_modern_and_auto_modes() {
+    let gw = gateway("");
+    let steps = json!([
+        {"op": "list_tools"},
+        {"op": "call", "tool": "raw__echo", "args": {"text": "py-modern"}},
+        {"op": "call", "tool": "raw__progress", "args": {"steps": 3}, "progress": true},
+    ]);
+    for mode in [V, "auto"] {
+        let r = py_client("http", &gw.mcp(None), mode, &steps);
+        assert_eq!(r["protocol_version"], V, "{mode}: {r}");
+        assert_eq!(r["results"][1]["content"][0]["text"], "py-modern", "{mode}: {r}");
+        assert_eq!(r["results"][2]["progress"], json!([1.0, 2.0, 3.0]), "{mode}: {r}");
+    }
+}
+
+#[tokio::test]
+async fn off_by_default_so_auto_clients_fall_back() {
+    let m = marker("modern-off");
+    let gw = Gateway::start("", &raw_upstream("raw", &m, ""));
+    let c = Http::new(&gw.mcp(None));
+    let r = modern(&c, "server/discover", json!({}), None).await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (404, json!(-32601)));
+    let r =
+        py_client("http", &gw.mcp(None), "auto", &json!([{"op": "call", "tool": "raw__echo", "args": {"text": "fb"}}]));
+    assert_eq!(r["protocol_version"], "2025-11-25", "{r}");
+}
