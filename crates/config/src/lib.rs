@@ -75,9 +75,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     #[serde(default = "default_sep")]
     pub name_separator: String,
-    /// Serve protocol 2026-07-28 (stateless era) next to the session era. Off by default until cross-era
-    /// translation lands: a modern client cannot answer an upstream's sampling/elicitation requests yet.
-    #[serde(default)]
+    /// Serve protocol 2026-07-28 (stateless era) next to the session era, chosen per request. On by default;
+    /// switch off to make `auto` clients fall back to the session era.
+    #[serde(default = "yes")]
     pub stateless_era: bool,
     /// Page size for the all-tools endpoint's lists.
     #[serde(default = "default_page_size")]

@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod http;
 pub mod identity;
 pub mod modern;
+mod mrtr;
 pub mod session;
 mod sse_legacy;
 pub mod stdio;
@@ -54,6 +55,10 @@ pub struct Gateway {
     /// Open `subscriptions/listen` streams (stateless era).
     listeners: Mutex<Vec<Listener>>,
     next_listener: AtomicU64,
+    /// Calls of stateless-era clients waiting for the client's input (cross-era translation).
+    held: Mutex<HashMap<String, Arc<mrtr::ModernCall>>>,
+    /// Key for `requestState` integrity (per process: a restart invalidates held calls, which are gone anyway).
+    state_key: [u8; 32],
     pub shutdown: CancellationToken,
 }
 
@@ -118,6 +123,8 @@ impl Gateway {
             sessions: SessionTable::default(),
             listeners: Mutex::new(Vec::new()),
             next_listener: AtomicU64::new(1),
+            held: Mutex::new(HashMap::new()),
+            state_key: rand::random(),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(event_loop(Arc::downgrade(&gw), rx));
@@ -358,6 +365,7 @@ async fn reap_idle(gw: std::sync::Weak<Gateway>) {
     loop {
         tokio::time::sleep(Duration::from_secs(15)).await;
         let Some(gw) = gw.upgrade() else { return };
+        gw.reap_held();
         let limit = gw.cfg.server.session_idle_timeout.as_secs();
         for s in gw.sessions.all() {
             let streaming = match &s.out {

@@ -25,7 +25,7 @@ use portcullis_auth::Principal;
 use portcullis_protocol::raw::{raw, to_raw};
 use portcullis_protocol::{code, version, ErrorObject, Id, Message, RawObject};
 use serde_json::value::RawValue;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub const PROTOCOL_VERSION_META: &str = "io.modelcontextprotocol/protocolVersion";
@@ -177,18 +177,17 @@ fn reply(gw: &Gateway, method: &str, msg: Message) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], msg.to_json()).into_response()
 }
 
-/// Cancels the upstream call when the response stream goes away before the answer (spec: closing the stream is
-/// the stateless era's cancellation).
+/// Cancels the upstream call when the response stream goes away before an answer (spec: closing the stream is
+/// the stateless era's cancellation). A stream ended by an `InputRequiredResult` is answered, not abandoned.
 struct CancelOnDrop {
-    session: Arc<Session>,
-    id: Id,
-    done: Arc<AtomicBool>,
+    call: Arc<crate::mrtr::ModernCall>,
+    buf: Arc<StreamBuf>,
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if !self.done.load(Ordering::Acquire) {
-            self.session.cancel(&self.id, "the client closed the response stream");
+        if !self.call.answered(&self.buf) {
+            self.call.session.cancel(&self.call.orig_id, "the client closed the response stream");
         }
     }
 }
@@ -237,30 +236,29 @@ pub(crate) async fn post(
         }
         _ => {}
     }
-    // One ephemeral session per request: nothing outlives the response.
-    let s = Session::new(
-        gw.sessions.next_key(),
-        topic.map(Arc::from),
-        Output::Http(HttpOutput::new(gw.cfg.server.sse_replay)),
-        who,
-    );
-    *s.version.lock() = version::STATELESS_ERA.to_owned();
-    s.initialized.store(true, Ordering::Relaxed);
-    let Output::Http(out) = &s.out else {
-        return rpc_error(StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL_ERROR, "internal error");
+    let (request_state, responses) = crate::mrtr::retry_fields(params.as_deref());
+    let buf = StreamBuf::new(1, gw.cfg.server.sse_replay);
+    let call = match request_state {
+        // A retry carrying the client's answers: resume the held upstream call.
+        Some(state) => {
+            let call = match gw.take_held(&state, &who) {
+                Ok(c) => c,
+                Err(why) => return error_response(Some(id), code::INVALID_PARAMS, why, None),
+            };
+            if call.method != method {
+                gw.hold(call);
+                return error_response(Some(id), code::INVALID_PARAMS, "requestState belongs to another method", None);
+            }
+            if let Err(why) = call.resume(id.clone(), buf.clone(), responses.as_deref()) {
+                // The held call is untouched: the client may retry correctly.
+                gw.hold(call);
+                return error_response(Some(id), code::INVALID_PARAMS, &why, None);
+            }
+            call
+        }
+        None => start_call(&gw, topic, id.clone(), &method, params, who, buf.clone()),
     };
-    let buf = out.open(id.clone());
-    let done = Arc::new(AtomicBool::new(false));
-    let guard = CancelOnDrop { session: s.clone(), id: id.clone(), done: done.clone() };
-    let (task_buf, task_s, task_gw, task_method) = (buf.clone(), s.clone(), gw.clone(), method.clone());
-    tokio::spawn(async move {
-        let resp = task_gw.request(&task_s, id, &task_method, params).await;
-        let resp = finish_result(&task_gw, &task_method, resp);
-        done.store(true, Ordering::Release);
-        task_buf.push(resp.to_json());
-        task_buf.finish();
-        task_s.close();
-    });
+    let guard = CancelOnDrop { call, buf: buf.clone() };
     buf.wait_first().await;
     if acc.json || !acc.sse {
         if let Some(single) = buf.take_single() {
@@ -275,6 +273,45 @@ pub(crate) async fn post(
         chunk
     });
     crate::http::sse_response(body)
+}
+
+/// Start a stateless-era call in its own ephemeral session (nothing outlives the call).
+fn start_call(
+    gw: &Arc<Gateway>,
+    topic: Option<&str>,
+    id: Id,
+    method: &str,
+    params: Option<Box<RawValue>>,
+    who: Arc<Principal>,
+    buf: Arc<StreamBuf>,
+) -> Arc<crate::mrtr::ModernCall> {
+    let s = Session::new(
+        gw.sessions.next_key(),
+        topic.map(Arc::from),
+        Output::Http(HttpOutput::new(gw.cfg.server.sse_replay)),
+        who,
+    );
+    *s.version.lock() = version::STATELESS_ERA.to_owned();
+    *s.caps.lock() = envelope_caps(params.as_deref());
+    s.initialized.store(true, Ordering::Relaxed);
+    let call = crate::mrtr::ModernCall::new(gw, s.clone(), method, buf, id.clone());
+    let _ = s.modern_call.set(Arc::downgrade(&call));
+    let (task_call, task_gw, task_method) = (call.clone(), gw.clone(), method.to_owned());
+    tokio::spawn(async move {
+        let resp = task_gw.request(&s, id, &task_method, params).await;
+        task_call.finish(finish_result(&task_gw, &task_method, resp));
+    });
+    call
+}
+
+/// What the client can answer (sampling, elicitation, roots), from the request's `_meta` envelope.
+fn envelope_caps(params: Option<&RawValue>) -> crate::session::ClientCaps {
+    let caps = params
+        .and_then(|p| RawObject::parse(p.get()).ok())
+        .and_then(|o| o.get("_meta").and_then(|m| RawObject::parse(m.get()).ok()))
+        .and_then(|m| m.get(CLIENT_CAPABILITIES_META).map(|c| c.get().to_owned()));
+    let wrapped = caps.map(|c| raw(&format!("{{\"capabilities\":{c}}}")));
+    crate::session::ClientCaps::from_initialize(wrapped.as_deref())
 }
 
 fn discover(gw: &Gateway, topic: Option<&str>) -> Box<RawValue> {

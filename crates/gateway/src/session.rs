@@ -42,6 +42,10 @@ impl ClientCaps {
         ClientCaps { sampling: c.sampling.is_some(), elicitation: c.elicitation.is_some(), roots: c.roots.is_some() }
     }
 
+    pub(crate) fn allows_method(&self, method: &str) -> bool {
+        self.allows(method)
+    }
+
     fn allows(&self, method: &str) -> bool {
         match method {
             "sampling/createMessage" => self.sampling,
@@ -139,6 +143,8 @@ pub struct Session {
     last_seen: AtomicU64,
     pub created: Instant,
     pub closed: CancellationToken,
+    /// Set on the ephemeral session of a stateless-era call: upstream messages go to it (cross-era translation).
+    pub modern_call: std::sync::OnceLock<Weak<crate::mrtr::ModernCall>>,
 }
 
 fn now_secs() -> u64 {
@@ -175,6 +181,7 @@ impl Session {
             last_seen: AtomicU64::new(now_secs()),
             created: Instant::now(),
             closed: CancellationToken::new(),
+            modern_call: std::sync::OnceLock::new(),
         })
     }
 
@@ -270,6 +277,10 @@ impl Sink for SessionSink {
             }
             return;
         };
+        if let Some(call) = s.modern_call.get().and_then(Weak::upgrade) {
+            call.on_upstream(msg, reply);
+            return;
+        }
         let msg = match (msg, reply) {
             (Message::Request { method, params, .. }, Some(handle)) => {
                 if !s.caps.lock().allows(&method) {

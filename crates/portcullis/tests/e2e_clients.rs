@@ -138,6 +138,12 @@ impl Stack {
         assert_all_ready(&gw);
         gw
     }
+
+    fn gateway_with(&self, server_extra: &str) -> Gateway {
+        let gw = Gateway::start(server_extra, &self.upstreams(false));
+        assert_all_ready(&gw);
+        gw
+    }
 }
 
 /// Direct children of `pid` (all threads).
@@ -605,20 +611,38 @@ fn typescript_over_streamable_http() {
 
 /// `auto` probes `server/discover` first; the gateway must make it fall back to a normal session.
 #[test]
-fn python_auto_falls_back_to_a_session() {
+fn python_auto_negotiates_the_stateless_era() {
     let stack = Stack::new("pyauto");
     let gw = stack.gateway(false);
     let mut s = Steps::default();
     add_basics(&mut s, &stack.fs_root);
+    // `ping` does not exist in 2026-07-28 (the client refuses it locally), so it is not part of this run.
     s.add("prompt_py", json!({"op": "get_prompt", "name": "py__greet", "args": {"name": "Ada"}}))
         .add("read_py", json!({"op": "read_resource", "uri": "fixture://hello"}))
         .call("sample_py", "py__ask_llm", json!({"prompt": "hi"}))
-        .add("ping", json!({"op": "ping"}));
+        .call("sample_everything", "everything__trigger-sampling-request", json!({"prompt": "hi"}));
     let r = s.run(Sdk::PyAuto, "http", &gw.mcp(None));
-    assert_eq!(r.v["protocol_version"], "2025-11-25", "auto must end up in a session-era version: {}", r.v);
+    assert_eq!(r.v["protocol_version"], "2026-07-28", "auto picks the newest era both sides speak: {}", r.v);
     check_basics(&r);
     assert_eq!(r.get("prompt_py")["messages"][0]["content"]["text"], "Hello, Ada!");
     assert_eq!(r.get("read_py")["contents"][0]["text"], "hello from py");
+    // Upstream questions cross the era boundary as InputRequiredResult rounds.
+    assert_eq!(r.text("sample_py"), "sampled-by-py-client");
+    assert!(r.text("sample_everything").contains("sampled-by-py-client"), "{}", r.ctx("sample_everything"));
+    finish(gw, &stack, 3);
+}
+
+/// With the stateless era switched off, `auto` falls back cleanly to a session.
+#[test]
+fn python_auto_falls_back_when_stateless_era_is_off() {
+    let stack = Stack::new("pyauto-off");
+    let gw = stack.gateway_with("stateless_era = false");
+    let mut s = Steps::default();
+    add_basics(&mut s, &stack.fs_root);
+    s.call("sample_py", "py__ask_llm", json!({"prompt": "hi"})).add("ping", json!({"op": "ping"}));
+    let r = s.run(Sdk::PyAuto, "http", &gw.mcp(None));
+    assert_eq!(r.v["protocol_version"], "2025-11-25", "auto must end up in a session-era version: {}", r.v);
+    check_basics(&r);
     assert_eq!(r.text("sample_py"), "sampled-by-py-client");
     assert_eq!(r.get("ping"), &json!({"pong": true}));
     finish(gw, &stack, 3);

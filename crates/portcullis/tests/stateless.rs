@@ -34,7 +34,7 @@ async fn modern(c: &Http, method: &str, params: Value, name: Option<&str>) -> Re
 
 fn gateway(extra: &str) -> Gateway {
     let m = marker("modern");
-    Gateway::start(&format!("stateless_era = true\n{extra}"), &raw_upstream("raw", &m, "timeout = \"10s\""))
+    Gateway::start(extra, &raw_upstream("raw", &m, "timeout = \"10s\""))
 }
 
 #[tokio::test]
@@ -226,13 +226,75 @@ async fn python_client_in_modern_and_auto_modes() {
 }
 
 #[tokio::test]
-async fn off_by_default_so_auto_clients_fall_back() {
+async fn switched_off_auto_clients_fall_back() {
     let m = marker("modern-off");
-    let gw = Gateway::start("", &raw_upstream("raw", &m, ""));
+    let gw = Gateway::start("stateless_era = false", &raw_upstream("raw", &m, ""));
     let c = Http::new(&gw.mcp(None));
     let r = modern(&c, "server/discover", json!({}), None).await;
     assert_eq!((r.status, r.json()["error"]["code"].clone()), (404, json!(-32601)));
     let r =
         py_client("http", &gw.mcp(None), "auto", &json!([{"op": "call", "tool": "raw__echo", "args": {"text": "fb"}}]));
     assert_eq!(r["protocol_version"], "2025-11-25", "{r}");
+}
+
+#[tokio::test]
+async fn session_era_upstream_questions_become_input_required() {
+    let gw = gateway("");
+    // The real Python client answers InputRequiredResult rounds with its callbacks and retries.
+    let steps = json!([
+        {"op": "call", "tool": "raw__sample", "args": {}},
+        {"op": "call", "tool": "raw__elicit", "args": {}},
+        {"op": "call", "tool": "raw__roots", "args": {}},
+    ]);
+    let r = py_client("http", &gw.mcp(None), V, &steps);
+    assert_eq!(r["protocol_version"], V, "{r}");
+    assert_eq!(r["results"][0]["content"][0]["text"], "sampled-by-py-client", "{r}");
+    assert!(r["results"][1]["content"][0]["text"].as_str().unwrap().contains("py-elicit"), "{r}");
+    assert_eq!(r["results"][2]["content"][0]["text"], "file:///tmp/portcullis-root", "{r}");
+    assert_eq!((r["sampling_calls"].as_i64(), r["elicitation_calls"].as_i64()), (Some(1), Some(1)), "{r}");
+
+    // By hand: the first answer is input_required with the upstream's request and an opaque state.
+    let c = Http::new(&gw.mcp(None));
+    let mut params = json!({"name": "raw__sample", "arguments": {}});
+    params["_meta"] = envelope();
+    params["_meta"]["io.modelcontextprotocol/clientCapabilities"] = json!({"sampling": {}});
+    let first = c
+        .raw(
+            Method::POST,
+            Some(json!({"jsonrpc":"2.0","id":10,"method":"tools/call","params":params}).to_string()),
+            &[("mcp-protocol-version", V), ("mcp-method", "tools/call"), ("mcp-name", "raw__sample")],
+        )
+        .await;
+    let v = first.messages().pop().unwrap();
+    assert_eq!(v["id"], 10);
+    assert_eq!(v["result"]["resultType"], "input_required", "{v}");
+    let (key, req) =
+        v["result"]["inputRequests"].as_object().unwrap().iter().next().map(|(k, r)| (k.clone(), r.clone())).unwrap();
+    assert_eq!(req["method"], "sampling/createMessage");
+    let state = v["result"]["requestState"].as_str().unwrap().to_owned();
+
+    let retry = |id: i64, state: &str, key: &str| {
+        let mut p = params.clone();
+        p["requestState"] = json!(state);
+        p["inputResponses"] =
+            json!({ key: {"role": "assistant", "content": {"type": "text", "text": "by-hand"}, "model": "m"} });
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":p}).to_string()
+    };
+    let h = [("mcp-protocol-version", V), ("mcp-method", "tools/call"), ("mcp-name", "raw__sample")];
+    // A forged state is refused without touching the held call.
+    let forged = format!("{}x", &state[..state.len() - 1]);
+    let r = c.raw(Method::POST, Some(retry(11, &forged, &key)), &h).await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (400, json!(-32602)), "{}", r.body);
+    // A wrong key is refused too.
+    let r = c.raw(Method::POST, Some(retry(12, &state, "nope")), &h).await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (400, json!(-32602)), "{}", r.body);
+    // Neither attempt disturbed the held call: the genuine retry completes it.
+    let r = c.raw(Method::POST, Some(retry(21, &state, &key)), &h).await;
+    let done = r.messages().pop().unwrap();
+    assert_eq!(done["id"], 21, "the answer carries the retry's id: {done}");
+    assert_eq!(done["result"]["content"][0]["text"], "by-hand", "{done}");
+    assert_eq!(done["result"]["resultType"], "complete");
+    // A state is single-use.
+    let r = c.raw(Method::POST, Some(retry(22, &state, &key)), &h).await;
+    assert_eq!(r.json()["error"]["code"], -32602);
 }

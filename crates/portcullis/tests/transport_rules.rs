@@ -249,7 +249,7 @@ async fn topics_and_unknown_endpoints() {
 
 #[tokio::test]
 async fn stateless_probe_falls_back_and_health_endpoints() {
-    let gw = gateway("");
+    let gw = gateway("stateless_era = false");
     let c = Http::new(&gw.mcp(None));
     let r = c
         .raw(
