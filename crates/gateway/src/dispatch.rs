@@ -67,6 +67,13 @@ impl Gateway {
         if has("completions") {
             caps.insert("completions".into(), serde_json::json!({}));
         }
+        if has("tasks") {
+            // The gateway serves the task methods itself (ids are namespaced and bound to their creator).
+            caps.insert(
+                "tasks".into(),
+                serde_json::json!({"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}),
+            );
+        }
         let info = serde_json::json!({"name": "portcullis", "title": "Portcullis MCP gateway", "version": env!("CARGO_PKG_VERSION")});
         let instructions =
             topic.and_then(|t| self.cfg.topics.iter().find(|x| x.name == t)).and_then(|x| x.description.clone());
@@ -92,6 +99,8 @@ impl Gateway {
                 self.call_resource(s, view, id, method, params).await
             }
             "completion/complete" => self.complete(s, view, id, params).await,
+            "tasks/get" | "tasks/result" | "tasks/cancel" => self.task_call(s, id, method, params).await,
+            "tasks/list" => self.task_list(s, id).await,
             "logging/setLevel" => {
                 for u in self.upstreams() {
                     if view.sees_upstream(u.name())
@@ -166,7 +175,13 @@ impl Gateway {
         };
         obj.set_str("name", &route.name);
         let tool = matches!(kind, Named::Tool).then_some(route.name.as_str());
-        self.forward(s, &upstream, id, method, Some(obj.into_raw()), tool).await
+        // A task-augmented call answers with a task, whose id must be namespaced and bound to this caller.
+        let as_task = matches!(kind, Named::Tool) && obj.get("task").is_some();
+        let resp = self.forward(s, &upstream, id, method, Some(obj.into_raw()), tool).await;
+        if as_task {
+            return self.register_task(s, &route.upstream, resp);
+        }
+        resp
     }
 
     async fn call_resource(
@@ -236,7 +251,7 @@ impl Gateway {
     }
 
     /// The upstream call stage: the On-Behalf-Of credential for this caller, upstream and tool, then the call.
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         s: &Arc<Session>,
         upstream: &Arc<Upstream>,

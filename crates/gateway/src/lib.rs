@@ -17,6 +17,7 @@ pub mod session;
 mod sse_legacy;
 pub mod stdio;
 pub mod stream;
+mod tasks;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -57,6 +58,8 @@ pub struct Gateway {
     next_listener: AtomicU64,
     /// Calls of stateless-era clients waiting for the client's input (cross-era translation).
     held: Mutex<HashMap<String, Arc<mrtr::ModernCall>>>,
+    /// Tasks created through the gateway, by public (namespaced) id.
+    tasks: tasks::TaskTable,
     /// Key for `requestState` integrity (per process: a restart invalidates held calls, which are gone anyway).
     state_key: [u8; 32],
     pub shutdown: CancellationToken,
@@ -124,6 +127,7 @@ impl Gateway {
             listeners: Mutex::new(Vec::new()),
             next_listener: AtomicU64::new(1),
             held: Mutex::new(HashMap::new()),
+            tasks: Default::default(),
             state_key: rand::random(),
             shutdown: CancellationToken::new(),
         });
@@ -353,6 +357,7 @@ async fn event_loop(gw: std::sync::Weak<Gateway>, mut rx: mpsc::Receiver<Upstrea
                 }
             }
             UpstreamEvent::Status { upstream, ready } => tracing::debug!(%upstream, ready, "upstream status"),
+            UpstreamEvent::TaskStatus { upstream, msg } => gw.task_status(&upstream, msg),
             UpstreamEvent::InitFailed { upstream, reason } => {
                 tracing::warn!(%upstream, %reason, "upstream failed to initialize")
             }

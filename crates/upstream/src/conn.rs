@@ -658,6 +658,10 @@ fn on_notification(inner: &Arc<Inner>, method: String, params: Option<Box<RawVal
                 tokio::spawn(refresh(inner.clone(), kinds));
             }
         }
+        "notifications/tasks/status" if inner.owner.is_none() => {
+            let msg = Message::notification(&method, params);
+            let _ = inner.events.try_send(UpstreamEvent::TaskStatus { upstream: inner.name.clone(), msg });
+        }
         "notifications/resources/updated" => {
             let uri = params.as_ref().and_then(|p| RawObject::parse(p.get()).ok()).and_then(|o| o.get_str("uri"));
             if let Some(uri) = uri {

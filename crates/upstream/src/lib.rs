@@ -38,6 +38,11 @@ pub enum UpstreamEvent {
         lists: Arc<UpstreamLists>,
         changed: Vec<ListKind>,
     },
+    /// `notifications/tasks/status`: goes to the session that created the task.
+    TaskStatus {
+        upstream: Arc<str>,
+        msg: Message,
+    },
     /// `notifications/resources/updated` from a shared upstream: goes to the sessions subscribed to `uri`.
     ResourceUpdated {
         upstream: Arc<str>,
