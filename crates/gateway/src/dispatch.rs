@@ -303,8 +303,16 @@ impl Gateway {
         s.track_call(id.clone(), conn.clone(), uid);
         let call =
             Call { uid, session: s.key, method, params, sink: Some(sink), timeout: upstream.config().timeout, headers };
+        // A stateless-era upstream may answer with an InputRequiredResult: keep what a retry needs.
+        let retry_base = conn.is_modern().then(|| (call.params.as_deref().map(|p| raw(p.get())), call.headers.clone()));
         let res = conn.call(call).await;
         s.untrack_call(&id);
+        if let (Some(base), Ok(Message::Response { result, .. })) = (retry_base, &res) {
+            if result.get().contains("\"input_required\"") && s.modern_call.get().is_none() {
+                let first = raw(result.get());
+                return self.answer_input_required(s, upstream, &conn, id, method, base, first).await;
+            }
+        }
         match res {
             Ok(Message::Response { result, .. }) => Message::Response { id, result },
             Ok(Message::Error { error, .. }) => Message::Error { id: Some(id), error },
@@ -322,6 +330,66 @@ impl Gateway {
             ),
             Err(e) => Message::error(Some(id), &e.to_error()),
         }
+    }
+}
+
+impl Gateway {
+    /// Cross-era translation, the other way: a stateless-era upstream answered a session-era client's request
+    /// with an `InputRequiredResult`. Ask the client each question as a server-to-client request, then retry the
+    /// upstream with `inputResponses` and its own (opaque) `requestState`, until it answers for real.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_input_required(
+        &self,
+        s: &Arc<Session>,
+        upstream: &Arc<Upstream>,
+        conn: &portcullis_upstream::Conn,
+        id: Id,
+        method: &str,
+        base: (Option<Box<RawValue>>, Vec<(http::HeaderName, http::HeaderValue)>),
+        mut result: Box<RawValue>,
+    ) -> Message {
+        let (base, headers) = base;
+        const MAX_ROUNDS: usize = 8;
+        let timeout = upstream.config().timeout;
+        for _ in 0..MAX_ROUNDS {
+            let Ok(obj) = RawObject::parse(result.get()) else { break };
+            if obj.get_str("resultType").as_deref() != Some("input_required") {
+                return Message::Response { id, result };
+            }
+            let requests: Vec<(String, Box<RawValue>)> =
+                obj.get("inputRequests").and_then(|r| RawObject::parse(r.get()).ok()).map(|r| r.0).unwrap_or_default();
+            let mut answers = RawObject::default();
+            for (key, req) in requests {
+                let Some(req) = RawObject::parse(req.get()).ok() else { continue };
+                let Some(m) = req.get_str("method") else { continue };
+                let params = req.get("params").map(|p| raw(p.get()));
+                match s.ask(&id, &m, params, timeout).await {
+                    Ok(answer) => answers.set(&key, answer),
+                    Err(e) => return Message::error(Some(id), &e),
+                }
+            }
+            let mut retry = base.as_deref().and_then(|p| RawObject::parse(p.get()).ok()).unwrap_or_default();
+            retry.set("inputResponses", answers.into_raw());
+            if let Some(state) = obj.get("requestState") {
+                retry.set("requestState", raw(state.get()));
+            }
+            let call = Call {
+                uid: conn.alloc_id(),
+                session: s.key,
+                method,
+                params: Some(retry.into_raw()),
+                sink: Some(Arc::new(SessionSink { session: Arc::downgrade(s), related: Some(id.clone()) })),
+                timeout,
+                headers: headers.clone(),
+            };
+            match conn.call(call).await {
+                Ok(Message::Response { result: r, .. }) => result = r,
+                Ok(Message::Error { error, .. }) => return Message::Error { id: Some(id), error },
+                Ok(_) => break,
+                Err(e) => return Message::error(Some(id), &e.to_error()),
+            }
+        }
+        err(id, code::INTERNAL_ERROR, "the upstream kept asking for input; gave up after 8 rounds")
     }
 }
 

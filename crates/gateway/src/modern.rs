@@ -239,8 +239,9 @@ pub(crate) async fn post(
     let (request_state, responses) = crate::mrtr::retry_fields(params.as_deref());
     let buf = StreamBuf::new(1, gw.cfg.server.sse_replay);
     let call = match request_state {
-        // A retry carrying the client's answers: resume the held upstream call.
-        Some(state) => {
+        // A retry carrying the client's answers to *our* InputRequiredResult: resume the held upstream call. (A
+        // state of a stateless-era upstream's own is opaque to us and travels with the request as it is.)
+        Some(state) if state.starts_with("pc1.") => {
             let call = match gw.take_held(&state, &who) {
                 Ok(c) => c,
                 Err(why) => return error_response(Some(id), code::INVALID_PARAMS, why, None),
@@ -256,7 +257,7 @@ pub(crate) async fn post(
             }
             call
         }
-        None => start_call(&gw, topic, id.clone(), &method, params, who, buf.clone()),
+        _ => start_call(&gw, topic, id.clone(), &method, params, who, buf.clone()),
     };
     let guard = CancelOnDrop { call, buf: buf.clone() };
     buf.wait_first().await;

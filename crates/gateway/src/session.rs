@@ -137,7 +137,7 @@ pub struct Session {
     pub out: Output,
     /// Client request id → (connection, upstream id), so `notifications/cancelled` can follow the call.
     inflight: Mutex<HashMap<Id, (Conn, i64)>>,
-    server_requests: Mutex<HashMap<Id, ReplyHandle>>,
+    server_requests: Mutex<HashMap<Id, Asked>>,
     next_server_id: AtomicI64,
     pub subscriptions: Mutex<HashSet<(Arc<str>, String)>>,
     last_seen: AtomicU64,
@@ -220,6 +220,44 @@ impl Session {
         }
     }
 
+    /// Ask the client something on the gateway's own behalf; `related` = the client request it belongs to (its
+    /// SSE stream carries the question). Errors are JSON-RPC errors to hand back.
+    pub async fn ask(
+        &self,
+        related: &Id,
+        method: &str,
+        params: Option<Box<serde_json::value::RawValue>>,
+        timeout: std::time::Duration,
+    ) -> Result<Box<serde_json::value::RawValue>, ErrorObject> {
+        if !self.caps.lock().allows(method) {
+            let what = method.split('/').next().unwrap_or("it");
+            return Err(ErrorObject::new(
+                code::METHOD_NOT_FOUND,
+                format!("the upstream asks for {method}, but this client did not declare the {what} capability"),
+            ));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = Id::Num(self.next_server_id.fetch_add(1, Ordering::Relaxed));
+        {
+            let mut reqs = self.server_requests.lock();
+            if reqs.len() >= MAX_SERVER_REQUESTS {
+                return Err(ErrorObject::new(code::INTERNAL_ERROR, "too many unanswered requests to this client"));
+            }
+            reqs.insert(id.clone(), Asked::Local(tx));
+        }
+        self.emit(Some(related), Message::Request { id: id.clone(), method: method.to_owned(), params }.to_json());
+        let answer = tokio::time::timeout(timeout, rx).await;
+        self.server_requests.lock().remove(&id);
+        match answer {
+            Ok(Ok(Message::Response { result, .. })) => Ok(result),
+            Ok(Ok(Message::Error { error, .. })) => Err(serde_json::from_str::<serde_json::Value>(error.get())
+                .ok()
+                .and_then(|e| Some(ErrorObject::new(e.get("code")?.as_i64()?, e.get("message")?.as_str()?)))
+                .unwrap_or_else(|| ErrorObject::new(code::INTERNAL_ERROR, "the client refused the request"))),
+            _ => Err(ErrorObject::new(code::DEADLINE_EXCEEDED, format!("the client did not answer {method} in time"))),
+        }
+    }
+
     pub fn track_call(&self, id: Id, conn: Conn, uid: i64) {
         self.inflight.lock().insert(id, (conn, uid));
     }
@@ -240,7 +278,10 @@ impl Session {
     pub fn on_client_response(&self, msg: Message) {
         let Some(id) = msg.id().cloned() else { return };
         match self.server_requests.lock().remove(&id) {
-            Some(handle) => handle.reply(msg),
+            Some(Asked::Upstream(handle)) => handle.reply(msg),
+            Some(Asked::Local(tx)) => {
+                let _ = tx.send(msg);
+            }
             None => tracing::debug!(session = self.key, %id, "response to an unknown request dropped"),
         }
     }
@@ -248,9 +289,11 @@ impl Session {
     /// Fail every outstanding server-to-client request (session ended).
     pub fn close(&self) {
         self.closed.cancel();
-        let handles: Vec<ReplyHandle> = self.server_requests.lock().drain().map(|(_, h)| h).collect();
-        for h in handles {
-            h.reply_error(ErrorObject::new(code::INTERNAL_ERROR, "the client session ended before answering"));
+        let asked: Vec<Asked> = self.server_requests.lock().drain().map(|(_, h)| h).collect();
+        for a in asked {
+            if let Asked::Upstream(h) = a {
+                h.reply_error(ErrorObject::new(code::INTERNAL_ERROR, "the client session ended before answering"));
+            }
         }
         let calls: Vec<(Conn, i64)> = self.inflight.lock().drain().map(|(_, c)| c).collect();
         for (conn, uid) in calls {
@@ -261,6 +304,14 @@ impl Session {
             Output::Channel(_) => {}
         }
     }
+}
+
+/// Who waits for the client's answer to a server-to-client request.
+enum Asked {
+    /// An upstream (session era): the answer goes back on its connection.
+    Upstream(ReplyHandle),
+    /// The gateway itself (translating a stateless-era upstream's `InputRequiredResult`).
+    Local(tokio::sync::oneshot::Sender<Message>),
 }
 
 /// Delivers upstream messages to one session, next to the request they relate to when there is one.
@@ -304,7 +355,7 @@ impl Sink for SessionSink {
                 }
                 // Our own id space per session, so two upstreams' ids (both start at 0) never collide.
                 let id = Id::Num(s.next_server_id.fetch_add(1, Ordering::Relaxed));
-                reqs.insert(id.clone(), handle);
+                reqs.insert(id.clone(), Asked::Upstream(handle));
                 Message::Request { id, method, params }
             }
             (m, _) => m,

@@ -298,3 +298,39 @@ async fn session_era_upstream_questions_become_input_required() {
     let r = c.raw(Method::POST, Some(retry(22, &state, &key)), &h).await;
     assert_eq!(r.json()["error"]["code"], -32602);
 }
+
+/// A stateless-era-only upstream: probed once, called with the envelope; its InputRequiredResult becomes a
+/// server-to-client request for a session-era client and passes through to a stateless-era client.
+#[tokio::test]
+async fn stateless_only_upstream_both_client_eras() {
+    let m = marker("modern-up");
+    let script = repo_root().join("tests/fixtures/raw_stdio_server.py");
+    let body = format!(
+        "[[upstream]]\nname = \"m\"\ncommand = [\"python3\", \"{}\", \"--modern-only\", \"--marker\", \"{m}\"]\nclient_requests = [\"sampling\"]\n",
+        script.display()
+    );
+    let gw = Gateway::start("", &body);
+    assert!(
+        gw.log_text().contains("stateless era")
+            || gw.wait_log_line(Duration::from_secs(5), |l| l.contains("stateless era")).is_some()
+    );
+    let steps = json!([
+        {"op": "list_tools"},
+        {"op": "call", "tool": "m__echo", "args": {"text": "to a modern upstream"}},
+        {"op": "call", "tool": "m__whoami", "args": {}},
+        {"op": "call", "tool": "m__sample", "args": {}},
+    ]);
+    for mode in ["legacy", V] {
+        let r = py_client("http", &gw.mcp(None), mode, &steps);
+        assert!(r["results"][0]["names"].as_array().unwrap().contains(&json!("m__echo")), "{mode}: {r}");
+        assert_eq!(r["results"][1]["content"][0]["text"], "to a modern upstream", "{mode}: {r}");
+        let seen: Value = serde_json::from_str(r["results"][2]["content"][0]["text"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            seen["_meta"]["io.modelcontextprotocol/protocolVersion"], V,
+            "the envelope reaches the upstream: {seen}"
+        );
+        assert_eq!(seen["name"], "whoami");
+        assert_eq!(r["results"][3]["content"][0]["text"], "modern:sampled-by-py-client", "{mode}: {r}");
+        assert_eq!(r["sampling_calls"], 1, "{mode}: {r}");
+    }
+}

@@ -88,6 +88,8 @@ pub(crate) struct Inner {
     status: watch::Sender<Status>,
     /// Why the transport last went down; kept through restarts so readiness can say why.
     last_error: Mutex<Option<String>>,
+    /// The upstream speaks only the stateless era: every request carries the 2026-07-28 envelope.
+    modern: std::sync::atomic::AtomicBool,
     stop: CancellationToken,
 }
 
@@ -151,6 +153,7 @@ impl Conn {
             next_id: AtomicI64::new(1),
             status,
             last_error: Mutex::new(None),
+            modern: std::sync::atomic::AtomicBool::new(false),
             stop: CancellationToken::new(),
         });
         tokio::spawn(supervise(inner.clone()));
@@ -163,6 +166,11 @@ impl Conn {
 
     pub fn status(&self) -> Status {
         self.inner.status.borrow().clone()
+    }
+
+    /// Does this upstream speak only the stateless era (answers may be `InputRequiredResult`s)?
+    pub fn is_modern(&self) -> bool {
+        self.inner.modern.load(Ordering::Relaxed)
     }
 
     /// The reason the upstream last went down, until it is ready again.
@@ -295,7 +303,10 @@ impl<'a> Req<'a> {
 }
 
 async fn call_inner(inner: &Arc<Inner>, req: Req<'_>) -> Result<Message, CallError> {
-    let Req { uid, session, method, mut params, sink, deadline, headers } = req;
+    let Req { uid, session, method, mut params, sink, deadline, mut headers } = req;
+    if inner.modern.load(Ordering::Relaxed) {
+        params = modern_envelope(inner, method, params, &mut headers);
+    }
     // Progress tokens are chosen by clients and collide across sessions: give the upstream one of ours.
     let mut progress = None;
     if let Some(p) = &params {
@@ -433,6 +444,7 @@ async fn run_pipe(inner: &Arc<Inner>, pipe: Pipe) -> String {
 }
 
 async fn initialize(inner: Arc<Inner>) {
+    inner.modern.store(false, Ordering::Relaxed);
     let deadline = Instant::now() + inner.cfg.connect_timeout;
     let params = serde_json::json!({
         "protocolVersion": portcullis_protocol::version::SESSION_ERA[0],
@@ -441,9 +453,18 @@ async fn initialize(inner: Arc<Inner>) {
     });
     let uid = inner.next_id.fetch_add(1, Ordering::Relaxed);
     let res = call_inner(&inner, Req::internal(uid, "initialize", Some(to_raw(&params)), deadline)).await;
-    let info = match res.map(parse_init) {
-        Ok(Ok(info)) => Arc::new(info),
-        Ok(Err(e)) | Err(e) => {
+    // Era detection, once per connection: the session era when the upstream speaks it (it carries
+    // server-to-client requests natively), else the stateless era if `server/discover` says so.
+    let res = match res.map(parse_init) {
+        Ok(Ok(info)) => Ok(info),
+        Ok(Err(e)) | Err(e) => match discover(&inner, deadline).await {
+            Some(info) => Ok(info),
+            None => Err(e),
+        },
+    };
+    let info = match res {
+        Ok(info) => Arc::new(info),
+        Err(e) => {
             let msg = e.to_string();
             tracing::error!(upstream = %inner.name, error = %msg, "initialize failed; check the upstream's command/url in the config");
             // Closing the transport makes the supervisor back off and retry.
@@ -452,7 +473,7 @@ async fn initialize(inner: Arc<Inner>) {
             return;
         }
     };
-    {
+    if !inner.modern.load(Ordering::Relaxed) {
         let st = inner.state.lock();
         if let Some(tx) = &st.tx {
             let _ = tx.try_send(Message::notification("notifications/initialized", None).into());
@@ -478,6 +499,79 @@ async fn initialize(inner: Arc<Inner>) {
     *inner.last_error.lock() = None;
     let _ = inner.status.send_replace(Status::Ready);
     let _ = inner.events.try_send(UpstreamEvent::Status { upstream: inner.name.clone(), ready: true });
+}
+
+/// Probe `server/discover`; on a 2026-07-28 answer, switch this connection to the stateless era.
+async fn discover(inner: &Arc<Inner>, deadline: Instant) -> Option<InitInfo> {
+    inner.modern.store(true, Ordering::Relaxed);
+    let uid = inner.next_id.fetch_add(1, Ordering::Relaxed);
+    let res = call_inner(inner, Req::internal(uid, "server/discover", None, deadline)).await;
+    let result = match res {
+        Ok(Message::Response { result, .. }) => result,
+        _ => {
+            inner.modern.store(false, Ordering::Relaxed);
+            return None;
+        }
+    };
+    let obj = RawObject::parse(result.get()).ok()?;
+    let versions: Vec<String> =
+        obj.get("supportedVersions").and_then(|v| serde_json::from_str(v.get()).ok()).unwrap_or_default();
+    if !versions.iter().any(|v| v == portcullis_protocol::version::STATELESS_ERA) {
+        inner.modern.store(false, Ordering::Relaxed);
+        return None;
+    }
+    let server_info = obj
+        .get("_meta")
+        .and_then(|m| RawObject::parse(m.get()).ok())
+        .and_then(|m| m.get("serverInfo").map(|v| raw(v.get())));
+    tracing::info!(upstream = %inner.name, "upstream speaks only the stateless era (2026-07-28)");
+    Some(InitInfo {
+        protocol_version: portcullis_protocol::version::STATELESS_ERA.to_owned(),
+        capabilities: obj.get("capabilities").and_then(|c| RawObject::parse(c.get()).ok()).unwrap_or_default(),
+        server_info,
+        instructions: obj.get_str("instructions"),
+    })
+}
+
+/// The 2026-07-28 envelope on a request to a stateless-era upstream: `_meta` keys plus the mirrored headers.
+fn modern_envelope(
+    inner: &Inner,
+    method: &str,
+    params: Option<Box<RawValue>>,
+    headers: &mut Vec<(http::HeaderName, http::HeaderValue)>,
+) -> Option<Box<RawValue>> {
+    const V: &str = portcullis_protocol::version::STATELESS_ERA;
+    let mut obj = params.as_deref().and_then(|p| RawObject::parse(p.get()).ok()).unwrap_or_default();
+    let mut meta = obj.get("_meta").and_then(|m| RawObject::parse(m.get()).ok()).unwrap_or_default();
+    meta.set_str("io.modelcontextprotocol/protocolVersion", V);
+    meta.set("io.modelcontextprotocol/clientCapabilities", to_raw(&inner.caps.to_json(&inner.cfg)));
+    meta.set(
+        "io.modelcontextprotocol/clientInfo",
+        to_raw(&serde_json::json!({"name": "portcullis", "version": env!("CARGO_PKG_VERSION")})),
+    );
+    let name = match method {
+        "tools/call" | "prompts/get" => obj.get_str("name"),
+        "resources/read" => obj.get_str("uri"),
+        _ => None,
+    };
+    obj.set("_meta", meta.into_raw());
+    let mut push = |k: &'static str, v: &str| {
+        if let Ok(v) = http::HeaderValue::from_str(v) {
+            headers.push((http::HeaderName::from_static(k), v));
+        }
+    };
+    push("mcp-protocol-version", V);
+    push("mcp-method", method);
+    if let Some(n) = name {
+        // Values that are not header-safe travel base64-wrapped (spec: `=?base64?…?=`).
+        if n.bytes().all(|b| (0x20..0x7f).contains(&b)) && n.trim() == n {
+            push("mcp-name", &n);
+        } else {
+            use base64::Engine;
+            push("mcp-name", &format!("=?base64?{}?=", base64::engine::general_purpose::STANDARD.encode(n)));
+        }
+    }
+    Some(obj.into_raw())
 }
 
 fn parse_init(msg: Message) -> Result<InitInfo, CallError> {
