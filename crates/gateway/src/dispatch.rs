@@ -299,6 +299,10 @@ impl Gateway {
             Err(e) => return Message::error(Some(id), &e.to_error()),
         };
         let sink: Arc<dyn Sink> = Arc::new(SessionSink { session: Arc::downgrade(s), related: Some(id.clone()) });
+        if conn.is_modern() && !upstream.config().is_stdio() {
+            // Spec, intermediaries: forward `Mcp-Param-*` headers unchanged.
+            headers.extend(s.param_headers.get().into_iter().flatten().cloned());
+        }
         let uid = conn.alloc_id();
         s.track_call(id.clone(), conn.clone(), uid);
         let call =

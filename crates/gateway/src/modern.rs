@@ -257,7 +257,14 @@ pub(crate) async fn post(
             }
             call
         }
-        _ => start_call(&gw, topic, id.clone(), &method, params, who, buf.clone()),
+        _ => {
+            let forwarded: Vec<_> = headers
+                .iter()
+                .filter(|(k, _)| k.as_str().starts_with("mcp-param-"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            start_call(&gw, topic, id.clone(), &method, params, who, buf.clone(), forwarded)
+        }
     };
     let guard = CancelOnDrop { call, buf: buf.clone() };
     buf.wait_first().await;
@@ -277,6 +284,7 @@ pub(crate) async fn post(
 }
 
 /// Start a stateless-era call in its own ephemeral session (nothing outlives the call).
+#[allow(clippy::too_many_arguments)]
 fn start_call(
     gw: &Arc<Gateway>,
     topic: Option<&str>,
@@ -285,6 +293,7 @@ fn start_call(
     params: Option<Box<RawValue>>,
     who: Arc<Principal>,
     buf: Arc<StreamBuf>,
+    param_headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
 ) -> Arc<crate::mrtr::ModernCall> {
     let s = Session::new(
         gw.sessions.next_key(),
@@ -295,6 +304,7 @@ fn start_call(
     *s.version.lock() = version::STATELESS_ERA.to_owned();
     *s.caps.lock() = envelope_caps(params.as_deref());
     s.initialized.store(true, Ordering::Relaxed);
+    let _ = s.param_headers.set(param_headers);
     let call = crate::mrtr::ModernCall::new(gw, s.clone(), method, buf, id.clone());
     let _ = s.modern_call.set(Arc::downgrade(&call));
     let (task_call, task_gw, task_method) = (call.clone(), gw.clone(), method.to_owned());

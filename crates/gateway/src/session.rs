@@ -145,6 +145,8 @@ pub struct Session {
     pub closed: CancellationToken,
     /// Set on the ephemeral session of a stateless-era call: upstream messages go to it (cross-era translation).
     pub modern_call: std::sync::OnceLock<Weak<crate::mrtr::ModernCall>>,
+    /// A stateless-era request's `Mcp-Param-*` headers, forwarded unchanged to stateless-era HTTP upstreams.
+    pub param_headers: std::sync::OnceLock<Vec<(http::HeaderName, http::HeaderValue)>>,
 }
 
 fn now_secs() -> u64 {
@@ -182,6 +184,7 @@ impl Session {
             created: Instant::now(),
             closed: CancellationToken::new(),
             modern_call: std::sync::OnceLock::new(),
+            param_headers: std::sync::OnceLock::new(),
         })
     }
 
