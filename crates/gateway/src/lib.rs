@@ -104,8 +104,18 @@ impl Gateway {
             let c = Credentials::new(u, &cfg.base_dir, http.clone()).map_err(|e| format!("{}: {e}", cfg.source))?;
             credentials.insert(Arc::<str>::from(u.name.as_str()), Arc::new(c));
         }
-        let upstreams: Vec<Arc<Upstream>> =
-            cfg.upstreams.iter().map(|u| Upstream::start(u.clone(), tx.clone(), http.clone())).collect();
+        let mut upstreams: Vec<Arc<Upstream>> = Vec::with_capacity(cfg.upstreams.len());
+        for u in &cfg.upstreams {
+            // A static secret authenticates the gateway itself, so it goes on every request to that upstream
+            // (handshake, listing, GET stream), not only on forwarded calls.
+            let client = match (&u.credential, &u.url) {
+                (portcullis_config::CredentialConfig::Static { .. }, Some(_)) => {
+                    static_client(u, &cfg.base_dir).map_err(|e| format!("{}: {e}", cfg.source))?
+                }
+                _ => http.clone(),
+            };
+            upstreams.push(Upstream::start(u.clone(), tx.clone(), client));
+        }
         let by_name = upstreams.iter().map(|u| (Arc::from(u.name()), u.clone())).collect();
         let lists = upstreams.iter().map(|u| (Arc::from(u.name()), Arc::new(UpstreamLists::default()))).collect();
         let empty = Catalog::build(&cfg.server.name_separator, cfg.server.page_size, &[], &cfg.topics, 0)
@@ -342,6 +352,26 @@ impl Gateway {
             }
         }
     }
+}
+
+/// An HTTP client whose every request carries the upstream's static credential.
+fn static_client(u: &portcullis_config::UpstreamConfig, base: &std::path::Path) -> Result<reqwest::Client, String> {
+    let creds = Credentials::new(u, base, reqwest::Client::new())?;
+    let caller = portcullis_obo::Caller { subject: "portcullis", client_id: None, actors: &[], token: None };
+    let mut headers = reqwest::header::HeaderMap::new();
+    let header = futures::executor::block_on(creds.for_call(&caller, None)).map_err(|e| e.to_string())?;
+    if let Some((name, secret)) = header {
+        if let Some(v) = secret.header_value() {
+            headers.insert(name, v);
+        }
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| format!("upstream {:?}: cannot build its HTTP client: {e}", u.name))
 }
 
 async fn event_loop(gw: std::sync::Weak<Gateway>, mut rx: mpsc::Receiver<UpstreamEvent>) {

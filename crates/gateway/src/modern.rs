@@ -305,6 +305,9 @@ fn start_call(
     *s.caps.lock() = envelope_caps(params.as_deref());
     s.initialized.store(true, Ordering::Relaxed);
     let _ = s.param_headers.set(param_headers);
+    // The envelope describes the client's hop, not the upstream's: a session-era upstream rejects requests that
+    // carry it, and a stateless-era one gets the gateway's own envelope instead.
+    let params = strip_envelope(params);
     let call = crate::mrtr::ModernCall::new(gw, s.clone(), method, buf, id.clone());
     let _ = s.modern_call.set(Arc::downgrade(&call));
     let (task_call, task_gw, task_method) = (call.clone(), gw.clone(), method.to_owned());
@@ -313,6 +316,21 @@ fn start_call(
         task_call.finish(finish_result(&task_gw, &task_method, resp));
     });
     call
+}
+
+fn strip_envelope(params: Option<Box<RawValue>>) -> Option<Box<RawValue>> {
+    let p = params?;
+    let Ok(mut obj) = RawObject::parse(p.get()) else { return Some(p) };
+    let Some(mut meta) = obj.get("_meta").and_then(|m| RawObject::parse(m.get()).ok()) else { return Some(p) };
+    for k in [PROTOCOL_VERSION_META, CLIENT_CAPABILITIES_META, "io.modelcontextprotocol/clientInfo"] {
+        meta.remove(k);
+    }
+    if meta.0.is_empty() {
+        obj.remove("_meta");
+    } else {
+        obj.set("_meta", meta.into_raw());
+    }
+    Some(obj.into_raw())
 }
 
 /// What the client can answer (sampling, elicitation, roots), from the request's `_meta` envelope.

@@ -334,3 +334,27 @@ async fn stateless_only_upstream_both_client_eras() {
         assert_eq!(r["sampling_calls"], 1, "{mode}: {r}");
     }
 }
+
+/// The dual-era `mcp-server-time` (stdio) behind the gateway, used by the Python client in both of its modern
+/// modes: discover through the gateway, list, call.
+#[tokio::test]
+async fn dual_era_time_server_through_both_python_modes() {
+    let time = repo_root().join(".venv/bin/mcp-server-time");
+    let body =
+        format!("[[upstream]]\nname = \"time\"\ncommand = [\"{}\", \"--local-timezone\", \"UTC\"]\n", time.display());
+    let gw = Gateway::start("", &body);
+    let steps = json!([
+        {"op": "list_tools"},
+        {"op": "call", "tool": "time__get_current_time", "args": {"timezone": "UTC"}},
+    ]);
+    for mode in [V, "auto", "legacy"] {
+        let r = py_client("http", &gw.mcp(None), mode, &steps);
+        let names = r["results"][0]["names"].as_array().unwrap().clone();
+        assert!(
+            names.contains(&json!("time__get_current_time")) && names.contains(&json!("time__convert_time")),
+            "{mode}: {r}"
+        );
+        let text = r["results"][1]["content"][0]["text"].as_str().unwrap_or_default();
+        assert!(text.contains("UTC"), "{mode}: {r}");
+    }
+}

@@ -94,3 +94,51 @@ async fn legacy_sse_upstream() {
     let tools = c.request("tools/list", json!({})).await;
     assert!(tools["result"]["tools"].as_array().unwrap().iter().any(|t| t["name"] == "old__get-sum"));
 }
+
+/// An upstream that demands its API key on every request, the handshake included. (Multi-threaded: the harness
+/// blocks while the gateway starts, and this upstream runs on the test's runtime.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_credential_is_sent_on_every_upstream_request() {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let seen = s2.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let method = v["method"].as_str().unwrap_or("response").to_owned();
+                let ok = headers.get("x-api-key").and_then(|h| h.to_str().ok()) == Some("s3cret-upstream-key");
+                seen.lock().unwrap().push((method.clone(), ok));
+                if !ok {
+                    return (StatusCode::UNAUTHORIZED, "missing key").into_response();
+                }
+                let result = match method.as_str() {
+                    "initialize" => json!({"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "keyed", "version": "1"}}),
+                    "tools/list" => json!({"tools": [{"name": "hello", "inputSchema": {"type": "object"}}]}),
+                    "tools/call" => json!({"content": [{"type": "text", "text": "hello with key"}]}),
+                    _ => return StatusCode::ACCEPTED.into_response(),
+                };
+                axum::Json(json!({"jsonrpc": "2.0", "id": v["id"], "result": result})).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let body = format!(
+        "[[upstream]]\nname = \"keyed\"\nurl = \"http://127.0.0.1:{port}/mcp\"\ncredential = {{ kind = \"static\", value_env = \"KEYED_SECRET\", header = \"x-api-key\", raw = true }}\n"
+    );
+    let gw = Gateway::start_env("", &body, &[("KEYED_SECRET", "s3cret-upstream-key")]);
+    let mut c = Http::new(&gw.mcp(None));
+    c.initialize(json!({})).await;
+    assert_eq!(text_of(&c.call("keyed__hello", json!({})).await), "hello with key");
+    let seen = seen.lock().unwrap().clone();
+    let methods: Vec<&str> = seen.iter().map(|(m, _)| m.as_str()).collect();
+    assert!(methods.contains(&"initialize") && methods.contains(&"tools/list"), "{seen:?}");
+    assert!(seen.iter().all(|(_, ok)| *ok), "every request carried the key: {seen:?}");
+    assert!(!gw.log_text().contains("s3cret-upstream-key"), "the secret is never logged");
+}
