@@ -53,6 +53,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// A fault-injecting mock MCP server: latency distributions, errors, crashes, hangs, progress, list_changed.
+    MockServer(portcullis_sim::cli::MockServerArgs),
+    /// Run a load and chaos scenario; report latency, errors, shed rates per class and SLO verdicts (exit 1 on
+    /// an SLO failure).
+    Loadtest(portcullis_sim::cli::LoadtestArgs),
 }
 
 #[derive(Subcommand)]
@@ -121,6 +126,8 @@ fn main() -> ExitCode {
             Cmd::Token { cmd: TokenCmd::Mint { config, sub, roles, scopes, ttl } } => {
                 token_mint(&config, &sub, &roles, &scopes, &ttl)
             }
+            Cmd::MockServer(args) => portcullis_sim::cli::mock_server(args).await,
+            Cmd::Loadtest(args) => portcullis_sim::cli::loadtest(args).await,
         }
     })
 }

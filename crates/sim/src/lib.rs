@@ -1,13 +1,22 @@
-//! `portcullis-sim`: the tools that measure Portcullis. [`mock`] is a fast MCP server (Streamable HTTP or stdio,
-//! one handler behind both) with a fixed latency, a result size and a seeded error rate; [`load`] is a load
-//! generator that opens MCP sessions and drives `tools/call` closed-loop (N workers back to back) or open-loop
-//! (a fixed rate, latency measured from the intended send time so a stall is not hidden by coordinated omission).
+//! `portcullis-sim`: the tools that measure Portcullis and break it on purpose.
 //!
-//! It does not start or configure the gateway (`bench/run.sh` does), and the mock implements only what a
-//! `tools/call` benchmark needs: no resources, prompts, server-to-client requests or GET streams.
+//! - [`mock`]: a fault-injecting MCP server (Streamable HTTP or stdio, one handler behind both): per-tool
+//!   latency distributions, result sizes, `isError` and JSON-RPC error rates, crashes, hangs, progress and
+//!   slow-drip SSE, `list_changed` on a schedule, run-time chaos switches; seeded, so runs repeat.
+//! - [`load`]: the benchmark's load generator (closed or open loop, one tool) behind `pc-bench`.
+//! - [`loadtest`]: scenario-driven load and chaos (`portcullis loadtest`): flows with open-loop arrivals,
+//!   principals, topics and priority classes, a chaos schedule against mock upstreams it starts, and a report
+//!   with coordinated-omission-corrected percentiles, errors by code, shed rates per class and SLO verdicts.
+//! - [`gate`]: the benchmark regression gate's arithmetic (callgrind instruction counts against a baseline).
+//! - [`cli`]: the `mock-server` and `loadtest` subcommands for the `portcullis` binary.
 //!
-//! Main types: [`mock::Mock`], [`load::LoadConfig`], [`load::Report`]. The `pc-bench` binary is a thin CLI
-//! over both; they are meant to grow into `portcullis mock-server` and `portcullis loadtest`.
+//! It does not contain the gateway: scenarios start `portcullis serve` as a child process.
+//!
+//! Main types: [`mock::Mock`], [`mock::MockSpec`], [`loadtest::Scenario`], [`loadtest::LoadReport`],
+//! [`load::LoadConfig`], [`load::Report`].
 
+pub mod cli;
+pub mod gate;
 pub mod load;
+pub mod loadtest;
 pub mod mock;

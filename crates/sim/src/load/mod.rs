@@ -9,7 +9,7 @@
 //! Replies may be JSON or SSE; the call's response is found by its id. Calls are spread over `sessions`
 //! sessions round-robin by worker, over a pool of reused HTTP/1.1 connections.
 
-mod client;
+pub(crate) mod client;
 mod report;
 #[cfg(test)]
 mod tests;

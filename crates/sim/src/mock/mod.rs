@@ -1,17 +1,26 @@
-//! A fast mock MCP server. [`Mock`] answers one message at a time; [`serve_http`] (Streamable HTTP, JSON replies)
-//! and [`serve_stdio`] (newline-delimited JSON) are two front-ends over it.
+//! A fault-injecting mock MCP server. [`Mock`] decides what to do with each message ([`Mock::plan`]);
+//! [`serve_http`] (Streamable HTTP: JSON replies, SSE for progress and slow drip, a GET stream for
+//! `list_changed`) and [`serve_stdio`] (newline-delimited JSON) carry the plan out.
 //!
-//! Tools: `echo {text}` returns the text padded to `result_bytes`; `work {text}` does the same after sleeping
-//! `latency`. With `error_rate > 0` a call fails (an `isError: true` result) with that probability, drawn from a
-//! `StdRng` seeded with `seed`: the sequence of outcomes is the same on every run with the same seed.
+//! Tools come from a [`MockSpec`]: each has a latency distribution, a result size, and probabilities of an
+//! `isError` result, a JSON-RPC error, a crash (process exit, or over HTTP optionally a dropped connection) and a
+//! hang (never answered). Every random draw comes from a per-tool `StdRng` seeded from the spec's `seed` and the
+//! tool's name, so the n-th call of a tool has the same latency and outcome on every run with the same seed,
+//! however calls to other tools interleave. [`Chaos`] switches (hang all calls, drop all connections, extra
+//! latency, rotate a tool's description) are flipped at run time through the HTTP control endpoint.
+//!
+//! [`MockConfig`] is the fixed-latency shorthand the benchmark uses: tools `echo` (instant) and `work`.
 
 mod http;
+mod spec;
 mod stdio;
 #[cfg(test)]
 mod tests;
 
-pub use http::{router, serve_http};
-pub use stdio::serve_stdio;
+pub use http::{router, serve_http, serve_http_spec, Control};
+pub(crate) use spec::toml_error;
+pub use spec::{CrashMode, Latency, MockSpec, ToolSpec};
+pub use stdio::{serve_stdio, serve_stdio_spec};
 
 use parking_lot::Mutex;
 use portcullis_protocol::raw::{raw, to_raw};
@@ -20,9 +29,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
 
-/// What the mock's tools do. `Default` is the fastest server: no latency, 64-byte results, no errors.
+/// Exit status of a crash.
+pub const CRASH_EXIT: i32 = 3;
+
+/// The benchmark's mock: `echo` and `work`, a fixed latency, a result size and a seeded `isError` rate.
 #[derive(Debug, Clone)]
 pub struct MockConfig {
     /// How long `work` sleeps before answering (`echo` never sleeps).
@@ -44,12 +59,108 @@ impl Default for MockConfig {
 /// The protocol version answered when the client does not ask for one.
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
 
-const TOOLS: &str = r#"{"tools":[{"name":"echo","description":"Return the text, padded to the configured result size.","inputSchema":{"type":"object","properties":{"text":{"type":"string"}}}},{"name":"work","description":"Like echo, after the configured latency.","inputSchema":{"type":"object","properties":{"text":{"type":"string"}}}}]}"#;
+/// Run-time fault switches (the HTTP control endpoint flips them).
+#[derive(Debug, Default)]
+pub struct Chaos {
+    /// Every call hangs.
+    pub hang: AtomicBool,
+    /// Every HTTP call's connection is dropped (over stdio: the process exits).
+    pub drop: AtomicBool,
+    /// Added to every call's latency, in µs.
+    pub extra_latency_us: AtomicU64,
+}
+
+/// What to do with one message.
+pub enum Plan {
+    /// Notifications and responses: nothing to send.
+    Nothing,
+    Reply(Message),
+    Call(CallPlan),
+    /// Exit the process (or, over HTTP with `crash_mode = "drop"`, drop the connection).
+    Crash,
+    /// Never answer.
+    Hang,
+    /// Drop the connection without an answer (chaos).
+    Drop,
+}
+
+/// A `tools/call` to answer after `latency`, with `steps` progress events on the way.
+pub struct CallPlan {
+    pub latency: Duration,
+    pub token: Option<Box<RawValue>>,
+    pub steps: u32,
+    pub drip: bool,
+    pub reply: Message,
+}
+
+/// One thing a running call emits.
+pub enum Step {
+    /// A related notification (progress).
+    Note(Message),
+    /// A drip step with nothing to say (no progress token): an SSE comment over HTTP, nothing over stdio.
+    Tick,
+    Reply(Message),
+}
+
+impl CallPlan {
+    /// Whether the reply should be an SSE stream rather than one JSON body.
+    pub fn streams(&self) -> bool {
+        self.drip || self.events() > 0
+    }
+
+    fn events(&self) -> u32 {
+        match (&self.token, self.drip) {
+            (_, true) => self.steps.max(1),
+            (Some(_), false) => self.steps,
+            (None, false) => 0,
+        }
+    }
+
+    /// Sleep, emitting progress events between equal slices of the latency, then emit the reply.
+    pub async fn run(self, tx: &mpsc::Sender<Step>) {
+        let n = self.events();
+        let slice = self.latency / (n + 1);
+        for i in 1..=n {
+            tokio::time::sleep(slice).await;
+            let step = match &self.token {
+                Some(t) => Step::Note(progress(t, i, n)),
+                None => Step::Tick,
+            };
+            if tx.send(step).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(self.latency - slice * n).await;
+        let _ = tx.send(Step::Reply(self.reply)).await;
+    }
+
+    /// Sleep the latency and return the reply (no events).
+    pub async fn finish(self) -> Message {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        self.reply
+    }
+}
+
+fn progress(token: &RawValue, i: u32, n: u32) -> Message {
+    let p = format!(r#"{{"progressToken":{},"progress":{i},"total":{n},"message":"step {i} of {n}"}}"#, token.get());
+    Message::notification("notifications/progress", Some(raw(&p)))
+}
+
+struct ToolState {
+    rng: Mutex<StdRng>,
+    /// Times the tool was rotated (its description changed).
+    rev: AtomicU64,
+    random: bool,
+}
 
 /// The handler shared by both front-ends.
 pub struct Mock {
-    cfg: MockConfig,
-    rng: Mutex<StdRng>,
+    spec: MockSpec,
+    tools: Vec<ToolState>,
+    pub chaos: Chaos,
+    changed: broadcast::Sender<()>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +168,14 @@ struct CallParams {
     name: String,
     #[serde(default)]
     arguments: Option<Args>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<Meta>,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    #[serde(default, rename = "progressToken")]
+    progress_token: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -71,29 +190,82 @@ struct InitParams {
     protocol_version: Option<String>,
 }
 
+/// FNV-1a, to give each tool its own seed.
+fn name_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
 impl Mock {
-    pub fn new(mut cfg: MockConfig) -> Mock {
-        // NaN fails both comparisons and becomes 0.
-        cfg.error_rate = if cfg.error_rate > 0.0 { cfg.error_rate.min(1.0) } else { 0.0 };
-        let rng = Mutex::new(StdRng::seed_from_u64(cfg.seed));
-        Mock { cfg, rng }
+    pub fn new(cfg: MockConfig) -> Mock {
+        Mock::from_spec(cfg.into())
     }
 
-    pub fn config(&self) -> &MockConfig {
-        &self.cfg
+    pub fn from_spec(spec: MockSpec) -> Mock {
+        let tools = spec
+            .tools
+            .iter()
+            .map(|t| ToolState {
+                rng: Mutex::new(StdRng::seed_from_u64(spec.seed ^ name_hash(&t.name))),
+                rev: AtomicU64::new(0),
+                random: t.latency.is_random() || t.error_rate + t.rpc_error_rate + t.crash_rate + t.hang_rate > 0.0,
+            })
+            .collect();
+        Mock { spec, tools, chaos: Chaos::default(), changed: broadcast::channel(16).0 }
     }
 
-    /// Answer one message. Requests get a response; notifications and responses get `None`.
+    pub fn spec(&self) -> &MockSpec {
+        &self.spec
+    }
+
+    /// `notifications/tools/list_changed` events (rotations and the schedule).
+    pub fn subscribe(&self) -> broadcast::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    /// Change `tool`'s description (append a revision number) and announce `list_changed`.
+    pub fn rotate(&self, tool: &str) -> Result<u64, String> {
+        let i = self.spec.tools.iter().position(|t| t.name == tool).ok_or_else(|| format!("no tool {tool:?}"))?;
+        let rev = self.tools[i].rev.fetch_add(1, Relaxed) + 1;
+        let _ = self.changed.send(());
+        Ok(rev)
+    }
+
+    /// Announce `list_changed` every `list_changed_every`, for as long as the returned task runs.
+    pub fn spawn_schedule(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let every = self.spec.list_changed_every?;
+        let me = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                match me.upgrade() {
+                    Some(m) => drop(m.changed.send(())),
+                    None => return,
+                }
+            }
+        }))
+    }
+
+    /// Answer one message, ignoring progress (the benchmark's fast path and the unit tests). Crash, hang and drop
+    /// plans give `None`.
     pub async fn handle(&self, msg: Message) -> Option<Message> {
+        match self.plan(msg) {
+            Plan::Reply(m) => Some(m),
+            Plan::Call(c) => Some(c.finish().await),
+            Plan::Nothing | Plan::Crash | Plan::Hang | Plan::Drop => None,
+        }
+    }
+
+    pub fn plan(&self, msg: Message) -> Plan {
         let Message::Request { id, method, params } = msg else {
-            return None;
+            return Plan::Nothing;
         };
         let params = params.as_deref().map_or("{}", RawValue::get);
-        Some(match method.as_str() {
+        Plan::Reply(match method.as_str() {
             "initialize" => initialize(id, params),
             "ping" => Message::empty_result(id),
-            "tools/list" => Message::result(id, raw(TOOLS)),
-            "tools/call" => self.call(id, params).await,
+            "tools/list" => Message::result(id, to_raw(&self.tool_list())),
+            "tools/call" => return self.call(id, params),
             other => Message::error(
                 Some(id),
                 &ErrorObject::new(code::METHOD_NOT_FOUND, format!("Method not found: {other}")),
@@ -101,31 +273,75 @@ impl Mock {
         })
     }
 
-    async fn call(&self, id: Id, params: &str) -> Message {
+    fn tool_list(&self) -> serde_json::Value {
+        let tools: Vec<_> = self
+            .spec
+            .tools
+            .iter()
+            .zip(&self.tools)
+            .map(|(t, s)| {
+                let mut d = t.description.clone().unwrap_or_else(|| format!("Mock tool {}.", t.name));
+                let rev = s.rev.load(Relaxed);
+                if rev > 0 {
+                    d.push_str(&format!(" (revision {rev})"));
+                }
+                serde_json::json!({
+                    "name": t.name,
+                    "description": d,
+                    "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}},
+                })
+            })
+            .collect();
+        serde_json::json!({ "tools": tools })
+    }
+
+    fn call(&self, id: Id, params: &str) -> Plan {
         let p: CallParams = match serde_json::from_str(params) {
             Ok(p) => p,
             Err(e) => {
-                return Message::error(Some(id), &ErrorObject::new(code::INVALID_PARAMS, format!("bad params: {e}")))
+                let e = ErrorObject::new(code::INVALID_PARAMS, format!("bad params: {e}"));
+                return Plan::Reply(Message::error(Some(id), &e));
             }
         };
-        match p.name.as_str() {
-            "echo" => {}
-            "work" if !self.cfg.latency.is_zero() => tokio::time::sleep(self.cfg.latency).await,
-            "work" => {}
-            other => {
-                let msg = format!("Unknown tool: {other}");
-                return Message::error(Some(id), &ErrorObject::new(code::INVALID_PARAMS, msg));
-            }
+        let Some(i) = self.spec.tools.iter().position(|t| t.name == p.name) else {
+            let e = ErrorObject::new(code::INVALID_PARAMS, format!("Unknown tool: {}", p.name));
+            return Plan::Reply(Message::error(Some(id), &e));
+        };
+        let (t, state) = (&self.spec.tools[i], &self.tools[i]);
+        if self.chaos.drop.load(Relaxed) {
+            return Plan::Drop;
         }
-        if self.draw_error() {
-            return Message::result(id, tool_result("injected error (mock error_rate)", 0, true));
+        if self.chaos.hang.load(Relaxed) {
+            return Plan::Hang;
         }
-        let text = p.arguments.unwrap_or_default().text;
-        Message::result(id, tool_result(&text, self.cfg.result_bytes, false))
-    }
-
-    fn draw_error(&self) -> bool {
-        self.cfg.error_rate > 0.0 && self.rng.lock().random::<f64>() < self.cfg.error_rate
+        let (mut latency, u) = if state.random {
+            let mut rng = state.rng.lock();
+            let latency = t.latency.sample(&mut *rng);
+            (latency, rng.random::<f64>())
+        } else {
+            (t.latency.sample(&mut rand::rng()), 1.0)
+        };
+        latency += Duration::from_micros(self.chaos.extra_latency_us.load(Relaxed));
+        let mut edge = t.crash_rate;
+        if u < edge {
+            return Plan::Crash;
+        }
+        edge += t.hang_rate;
+        if u < edge {
+            return Plan::Hang;
+        }
+        edge += t.rpc_error_rate;
+        let reply = if u < edge {
+            let e = ErrorObject::new(code::INTERNAL_ERROR, "injected error (mock rpc_error_rate)");
+            Message::error(Some(id), &e)
+        } else if u < edge + t.error_rate {
+            Message::result(id, tool_result("injected error (mock error_rate)", 0, true))
+        } else {
+            let text = p.arguments.unwrap_or_default().text;
+            Message::result(id, tool_result(&text, t.result_bytes, false))
+        };
+        let token = p.meta.and_then(|m| m.progress_token);
+        Plan::Call(CallPlan { latency, token, steps: t.progress, drip: t.drip, reply })
     }
 }
 
@@ -133,7 +349,7 @@ fn initialize(id: Id, params: &str) -> Message {
     let asked = serde_json::from_str::<InitParams>(params).ok().and_then(|p| p.protocol_version);
     let version = to_raw(&asked.as_deref().unwrap_or(PROTOCOL_VERSION));
     let result = format!(
-        r#"{{"protocolVersion":{},"capabilities":{{"tools":{{}}}},"serverInfo":{{"name":"portcullis-mock","version":"{}"}}}}"#,
+        r#"{{"protocolVersion":{},"capabilities":{{"tools":{{"listChanged":true}}}},"serverInfo":{{"name":"portcullis-mock","version":"{}"}}}}"#,
         version.get(),
         env!("CARGO_PKG_VERSION")
     );

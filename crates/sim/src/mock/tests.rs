@@ -16,7 +16,7 @@ async fn initialize_echoes_version_and_declares_tools() {
     let r = reply(&m, req(1, "initialize", r#"{"protocolVersion":"2025-03-26","capabilities":{}}"#)).await;
     assert_eq!(r["id"], 1);
     assert_eq!(r["result"]["protocolVersion"], "2025-03-26");
-    assert_eq!(r["result"]["capabilities"], serde_json::json!({"tools":{}}));
+    assert_eq!(r["result"]["capabilities"], serde_json::json!({"tools":{"listChanged":true}}));
     let r = reply(&m, req(2, "initialize", "{}")).await;
     assert_eq!(r["result"]["protocolVersion"], PROTOCOL_VERSION);
 }
@@ -83,7 +83,7 @@ async fn error_rate_is_deterministic_per_seed() {
 async fn stdio_answers_each_line() {
     let (mut client, server_io) = tokio::io::duplex(1 << 16);
     let (server_in, server_out) = tokio::io::split(server_io);
-    let server = tokio::spawn(stdio::serve(MockConfig::default(), server_in, server_out));
+    let server = tokio::spawn(stdio::serve(MockConfig::default().into(), server_in, server_out));
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     client
         .write_all(
@@ -98,5 +98,8 @@ async fn stdio_answers_each_line() {
     assert_eq!(got[0], r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
     assert!(got[1].contains(r#""id":null,"error":{"code":-32700"#), "{}", got[1]);
     drop(lines);
-    server.await.unwrap().unwrap();
+    assert_eq!(server.await.unwrap().unwrap(), stdio::End::Eof);
 }
+
+#[path = "fault_tests.rs"]
+mod faults;
