@@ -7,6 +7,12 @@ use portcullis_protocol::{code, ErrorObject, Message};
 use std::sync::Arc;
 
 pub async fn on_message(gw: &Arc<Gateway>, s: &Arc<Session>, msg: Message) {
+    if crate::modern::is_modern_stdio(&msg) {
+        if let Message::Request { id, method, params } = msg {
+            crate::modern::stdio(gw, s, id, method, params);
+        }
+        return;
+    }
     match msg {
         Message::Request { id, method, params } => match method.as_str() {
             "initialize" => {

@@ -59,13 +59,6 @@ fn status_for(code: i64) -> StatusCode {
     }
 }
 
-fn error_response(id: Option<Id>, code: i64, message: &str, data: Option<serde_json::Value>) -> Response {
-    let mut e = ErrorObject::new(code, message);
-    e.data = data;
-    let body = Message::error(id, &e).to_json();
-    (status_for(code), [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
 /// Decode a header value that may use the `=?base64?…?=` form for values that are not header-safe.
 fn decode_header(v: &str) -> Option<String> {
     match v.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
@@ -77,70 +70,73 @@ fn decode_header(v: &str) -> Option<String> {
     }
 }
 
-/// The validation ladder. Returns the request's protocol version or the rejection to send.
-fn ladder(headers: &HeaderMap, id: &Id, method: &str, params: Option<&RawValue>) -> Result<String, Response> {
-    let reject = |code, msg: &str, data| Err(error_response(Some(id.clone()), code, msg, data));
+/// The validation ladder (first failure wins). `headers` is `None` on stdio, where only the envelope is checked.
+type Rejection = (i64, String, Option<serde_json::Value>);
+
+fn ladder(headers: Option<&HeaderMap>, method: &str, params: Option<&RawValue>) -> Result<String, Rejection> {
     let obj = params.and_then(|p| RawObject::parse(p.get()).ok());
     let meta = obj.as_ref().and_then(|o| o.get("_meta")).and_then(|m| RawObject::parse(m.get()).ok());
     let Some(meta) = meta else {
-        return reject(
+        return Err((
             code::INVALID_PARAMS,
-            &format!(
+            format!(
                 "params._meta must be an object carrying {PROTOCOL_VERSION_META:?} and {CLIENT_CAPABILITIES_META:?}"
             ),
             None,
-        );
+        ));
     };
     let missing: Vec<&str> =
         [PROTOCOL_VERSION_META, CLIENT_CAPABILITIES_META].into_iter().filter(|k| meta.get(k).is_none()).collect();
     if !missing.is_empty() {
-        return reject(
+        return Err((
             code::INVALID_PARAMS,
-            &format!("params._meta is missing the required envelope key(s): {}", missing.join(", ")),
+            format!("params._meta is missing the required envelope key(s): {}", missing.join(", ")),
             None,
-        );
-    }
-    // Routing headers appear once each; first-copy and last-copy readers would disagree otherwise.
-    for h in [crate::http::VERSION_HEADER, "mcp-method", "mcp-name"] {
-        if headers.get_all(h).iter().count() > 1 {
-            return reject(HEADER_MISMATCH, &format!("{h} header appears more than once"), None);
-        }
+        ));
     }
     let body_version = meta.get_str(PROTOCOL_VERSION_META);
-    let header_version = headers.get(crate::http::VERSION_HEADER).and_then(|v| v.to_str().ok());
-    if header_version.is_none() || header_version != body_version.as_deref() {
-        return reject(
-            HEADER_MISMATCH,
-            "MCP-Protocol-Version header does not match the request's protocol version",
-            None,
-        );
-    }
-    if headers.get("mcp-method").and_then(|v| v.to_str().ok()) != Some(method) {
-        return reject(HEADER_MISMATCH, "Mcp-Method header does not match the request body's method", None);
-    }
-    let name_key = match method {
-        "tools/call" | "prompts/get" => Some("name"),
-        "resources/read" => Some("uri"),
-        _ => None,
-    };
-    if let Some(key) = name_key {
-        if let Some(body_value) = obj.as_ref().and_then(|o| o.get_str(key)) {
-            let header = headers.get("mcp-name").and_then(|v| v.to_str().ok()).and_then(decode_header);
-            if header.as_deref() != Some(body_value.as_str()) {
-                return reject(
-                    HEADER_MISMATCH,
-                    &format!("Mcp-Name header does not match the request body's {key:?}"),
-                    None,
-                );
+    if let Some(headers) = headers {
+        // Routing headers appear once each; first-copy and last-copy readers would disagree otherwise.
+        for h in [crate::http::VERSION_HEADER, "mcp-method", "mcp-name"] {
+            if headers.get_all(h).iter().count() > 1 {
+                return Err((HEADER_MISMATCH, format!("{h} header appears more than once"), None));
+            }
+        }
+        let header_version = headers.get(crate::http::VERSION_HEADER).and_then(|v| v.to_str().ok());
+        if header_version.is_none() || header_version != body_version.as_deref() {
+            return Err((
+                HEADER_MISMATCH,
+                "MCP-Protocol-Version header does not match the request's protocol version".into(),
+                None,
+            ));
+        }
+        if headers.get("mcp-method").and_then(|v| v.to_str().ok()) != Some(method) {
+            return Err((HEADER_MISMATCH, "Mcp-Method header does not match the request body's method".into(), None));
+        }
+        let name_key = match method {
+            "tools/call" | "prompts/get" => Some("name"),
+            "resources/read" => Some("uri"),
+            _ => None,
+        };
+        if let Some(key) = name_key {
+            if let Some(body_value) = obj.as_ref().and_then(|o| o.get_str(key)) {
+                let header = headers.get("mcp-name").and_then(|v| v.to_str().ok()).and_then(decode_header);
+                if header.as_deref() != Some(body_value.as_str()) {
+                    return Err((
+                        HEADER_MISMATCH,
+                        format!("Mcp-Name header does not match the request body's {key:?}"),
+                        None,
+                    ));
+                }
             }
         }
     }
     let Some(v) = body_version else {
-        return reject(code::INVALID_PARAMS, "the protocol-version envelope value must be a string", None);
+        return Err((code::INVALID_PARAMS, "the protocol-version envelope value must be a string".into(), None));
     };
     if v != version::STATELESS_ERA {
         let data = serde_json::json!({"supported": [version::STATELESS_ERA], "requested": v});
-        return reject(UNSUPPORTED_VERSION, "Unsupported protocol version", Some(data));
+        return Err((UNSUPPORTED_VERSION, "Unsupported protocol version".into(), Some(data)));
     }
     Ok(v)
 }
@@ -179,7 +175,7 @@ fn reply(gw: &Gateway, method: &str, msg: Message) -> Response {
 
 /// Cancels the upstream call when the response stream goes away before an answer (spec: closing the stream is
 /// the stateless era's cancellation). A stream ended by an `InputRequiredResult` is answered, not abandoned.
-struct CancelOnDrop {
+pub(crate) struct CancelOnDrop {
     call: Arc<crate::mrtr::ModernCall>,
     buf: Arc<StreamBuf>,
 }
@@ -190,6 +186,92 @@ impl Drop for CancelOnDrop {
             self.call.session.cancel(&self.call.orig_id, "the client closed the response stream");
         }
     }
+}
+
+/// What a stateless-era request turned into, before transport framing.
+pub(crate) enum Outcome {
+    /// Answered at once (discover, errors).
+    Reply(Message),
+    /// A forwarded call: its notifications and answer arrive on `buf`.
+    Call(Arc<StreamBuf>, CancelOnDrop),
+    /// `subscriptions/listen`: events arrive on `buf` until the guard is dropped.
+    Listen(Arc<StreamBuf>, ListenerGuard),
+}
+
+fn rejection(id: Id, code: i64, message: &str, data: Option<serde_json::Value>) -> Outcome {
+    let mut e = ErrorObject::new(code, message);
+    e.data = data;
+    Outcome::Reply(Message::error(Some(id), &e))
+}
+
+/// The transport-neutral core. `headers` is `None` on stdio (no header rung there).
+pub(crate) fn handle(
+    gw: &Arc<Gateway>,
+    topic: Option<&str>,
+    headers: Option<&HeaderMap>,
+    id: Id,
+    method: String,
+    params: Option<Box<RawValue>>,
+    who: Arc<Principal>,
+) -> Outcome {
+    if !gw.cfg.server.stateless_era {
+        return rejection(
+            id,
+            code::METHOD_NOT_FOUND,
+            "protocol 2026-07-28 is not enabled on this gateway (server.stateless_era); use initialize (2025-11-25)",
+            None,
+        );
+    }
+    if let Err((code, msg, data)) = ladder(headers, &method, params.as_deref()) {
+        return rejection(id, code, &msg, data);
+    }
+    match method.as_str() {
+        "server/discover" => {
+            return Outcome::Reply(finish_result(gw, &method, Message::result(id, discover(gw, topic))))
+        }
+        "subscriptions/listen" => return listen(gw, topic, id, params.as_deref()),
+        "initialize" | "ping" | "logging/setLevel" | "resources/subscribe" | "resources/unsubscribe" => {
+            return rejection(
+                id,
+                code::METHOD_NOT_FOUND,
+                &format!("{method} does not exist in protocol 2026-07-28"),
+                None,
+            );
+        }
+        _ => {}
+    }
+    let (request_state, responses) = crate::mrtr::retry_fields(params.as_deref());
+    let buf = StreamBuf::new(1, gw.cfg.server.sse_replay);
+    let call = match request_state {
+        // A retry carrying the client's answers to *our* InputRequiredResult: resume the held upstream call. (A
+        // state of a stateless-era upstream's own is opaque to us and travels with the request as it is.)
+        Some(state) if state.starts_with("pc1.") => {
+            let call = match gw.take_held(&state, &who) {
+                Ok(c) => c,
+                Err(why) => return rejection(id, code::INVALID_PARAMS, why, None),
+            };
+            if call.method != method {
+                gw.hold(call);
+                return rejection(id, code::INVALID_PARAMS, "requestState belongs to another method", None);
+            }
+            if let Err(why) = call.resume(id.clone(), buf.clone(), responses.as_deref()) {
+                // The held call is untouched: the client may retry correctly.
+                gw.hold(call);
+                return rejection(id, code::INVALID_PARAMS, &why, None);
+            }
+            call
+        }
+        _ => {
+            let forwarded: Vec<_> = headers
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.as_str().starts_with("mcp-param-"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            start_call(gw, topic, id, &method, params, who, buf.clone(), forwarded)
+        }
+    };
+    Outcome::Call(buf.clone(), CancelOnDrop { call, buf })
 }
 
 pub(crate) async fn post(
@@ -212,75 +294,72 @@ pub(crate) async fn post(
             )
         }
     };
-    if !gw.cfg.server.stateless_era {
-        return error_response(
-            Some(id),
-            code::METHOD_NOT_FOUND,
-            "protocol 2026-07-28 is not enabled on this gateway (server.stateless_era); use initialize (2025-11-25)",
-            None,
-        );
-    }
-    if let Err(r) = ladder(headers, &id, &method, params.as_deref()) {
-        return r;
-    }
-    match method.as_str() {
-        "server/discover" => return reply(&gw, &method, Message::result(id, discover(&gw, topic))),
-        "subscriptions/listen" => return listen(gw, topic, id, params.as_deref()),
-        "initialize" | "ping" | "logging/setLevel" | "resources/subscribe" | "resources/unsubscribe" => {
-            return error_response(
-                Some(id),
-                code::METHOD_NOT_FOUND,
-                &format!("{method} does not exist in protocol 2026-07-28"),
-                None,
+    match handle(&gw, topic, Some(headers), id, method.clone(), params, who) {
+        Outcome::Reply(msg) => reply(&gw, &method, msg),
+        Outcome::Listen(buf, guard) => {
+            let body = futures::StreamExt::map(
+                buf.sse(None, None, false, Some(std::time::Duration::from_secs(15))),
+                move |c| {
+                    let _ = &guard;
+                    c
+                },
             );
+            crate::http::sse_response(body)
         }
-        _ => {}
-    }
-    let (request_state, responses) = crate::mrtr::retry_fields(params.as_deref());
-    let buf = StreamBuf::new(1, gw.cfg.server.sse_replay);
-    let call = match request_state {
-        // A retry carrying the client's answers to *our* InputRequiredResult: resume the held upstream call. (A
-        // state of a stateless-era upstream's own is opaque to us and travels with the request as it is.)
-        Some(state) if state.starts_with("pc1.") => {
-            let call = match gw.take_held(&state, &who) {
-                Ok(c) => c,
-                Err(why) => return error_response(Some(id), code::INVALID_PARAMS, why, None),
-            };
-            if call.method != method {
-                gw.hold(call);
-                return error_response(Some(id), code::INVALID_PARAMS, "requestState belongs to another method", None);
+        Outcome::Call(buf, guard) => {
+            buf.wait_first().await;
+            if acc.json || !acc.sse {
+                if let Some(single) = buf.take_single() {
+                    let status = Message::parse(single.as_bytes())
+                        .ok()
+                        .and_then(|m| m.error_code())
+                        .map_or(StatusCode::OK, status_for);
+                    return (status, [(header::CONTENT_TYPE, "application/json")], single.to_string()).into_response();
+                }
             }
-            if let Err(why) = call.resume(id.clone(), buf.clone(), responses.as_deref()) {
-                // The held call is untouched: the client may retry correctly.
-                gw.hold(call);
-                return error_response(Some(id), code::INVALID_PARAMS, &why, None);
-            }
-            call
-        }
-        _ => {
-            let forwarded: Vec<_> = headers
-                .iter()
-                .filter(|(k, _)| k.as_str().starts_with("mcp-param-"))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            start_call(&gw, topic, id.clone(), &method, params, who, buf.clone(), forwarded)
-        }
-    };
-    let guard = CancelOnDrop { call, buf: buf.clone() };
-    buf.wait_first().await;
-    if acc.json || !acc.sse {
-        if let Some(single) = buf.take_single() {
-            let status =
-                Message::parse(single.as_bytes()).ok().and_then(|m| m.error_code()).map_or(StatusCode::OK, status_for);
-            return (status, [(header::CONTENT_TYPE, "application/json")], single.to_string()).into_response();
+            // Progress came first: stream. The guard lives as long as the body, so a closed stream cancels the call.
+            let body = futures::StreamExt::map(buf.sse(None, None, false, None), move |chunk| {
+                let _ = &guard;
+                chunk
+            });
+            crate::http::sse_response(body)
         }
     }
-    // Progress came first: stream. The guard lives as long as the body, so a closed stream cancels the call.
-    let body = futures::StreamExt::map(buf.sse(None, None, false, None), move |chunk| {
-        let _ = &guard;
-        chunk
+}
+
+/// Is this stdio message a stateless-era request (it carries the envelope)?
+pub(crate) fn is_modern_stdio(msg: &Message) -> bool {
+    msg.is_request()
+        && msg.method() != Some("initialize")
+        && msg.params().is_some_and(|p| p.get().contains(PROTOCOL_VERSION_META))
+}
+
+/// Stateless era over stdio: the same core; every message of the call's stream is written in order.
+pub(crate) fn stdio(gw: &Arc<Gateway>, s: &Arc<Session>, id: Id, method: String, params: Option<Box<RawValue>>) {
+    match handle(gw, s.topic.as_deref(), None, id, method.clone(), params, s.principal.clone()) {
+        Outcome::Reply(msg) => s.send_unrelated(&finish_result(gw, &method, msg)),
+        Outcome::Call(buf, guard) => drain(s.clone(), buf, Box::new(guard)),
+        Outcome::Listen(buf, guard) => drain(s.clone(), buf, Box::new(guard)),
+    }
+}
+
+fn drain(s: Arc<Session>, buf: Arc<StreamBuf>, guard: Box<dyn Send>) {
+    tokio::spawn(async move {
+        let mut cursor = 0;
+        loop {
+            tokio::select! {
+                batch = buf.next_batch(cursor, None) => {
+                    let Some(batch) = batch else { break };
+                    for (seq, json) in batch {
+                        s.send_json(json.to_string());
+                        cursor = seq;
+                    }
+                }
+                _ = s.closed.cancelled() => break,
+            }
+        }
+        drop(guard);
     });
-    crate::http::sse_response(body)
 }
 
 /// Start a stateless-era call in its own ephemeral session (nothing outlives the call).
@@ -361,7 +440,7 @@ fn discover(gw: &Gateway, topic: Option<&str>) -> Box<RawValue> {
 
 /// `subscriptions/listen`: acknowledge the honoured filter, then stream matching list_changed events (tagged with
 /// the subscription id) from upstreams this endpoint can see, until the client closes the stream.
-fn listen(gw: Arc<Gateway>, topic: Option<&str>, id: Id, params: Option<&RawValue>) -> Response {
+fn listen(gw: &Arc<Gateway>, topic: Option<&str>, id: Id, params: Option<&RawValue>) -> Outcome {
     #[derive(serde::Deserialize, Default)]
     #[serde(rename_all = "camelCase")]
     struct Filter {
@@ -393,12 +472,7 @@ fn listen(gw: Arc<Gateway>, topic: Option<&str>, id: Id, params: Option<&RawValu
     let ack = serde_json::json!({"notifications": honored, "_meta": {SUBSCRIPTION_ID_META: sub_id}});
     buf.push(Message::notification("notifications/subscriptions/acknowledged", Some(to_raw(&ack))).to_json());
     let listener = gw.add_listener(topic, methods, sub_id, buf.clone());
-    let body =
-        futures::StreamExt::map(buf.sse(None, None, false, Some(std::time::Duration::from_secs(15))), move |c| {
-            let _ = &listener;
-            c
-        });
-    crate::http::sse_response(body)
+    Outcome::Listen(buf, listener)
 }
 
 /// Keeps a `subscriptions/listen` stream registered until its body is dropped.

@@ -205,6 +205,11 @@ impl Session {
         self.emit(None, msg.to_json());
     }
 
+    /// Send already-serialized JSON the same way.
+    pub fn send_json(&self, json: String) {
+        self.emit(None, json);
+    }
+
     fn emit(&self, related: Option<&Id>, json: String) {
         match &self.out {
             Output::Channel(tx) => {

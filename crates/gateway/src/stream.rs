@@ -150,7 +150,7 @@ impl StreamBuf {
 
     /// The next events after `cursor`, or wait. Returns `None` when finished and drained, or when another
     /// consumer took the stream over (`gen` is the caller's attachment generation).
-    async fn next_batch(&self, cursor: u64, gen: Option<u64>) -> Option<Vec<(u64, Arc<str>)>> {
+    pub(crate) async fn next_batch(&self, cursor: u64, gen: Option<u64>) -> Option<Vec<(u64, Arc<str>)>> {
         loop {
             let notified = self.notify.notified();
             {

@@ -358,3 +358,26 @@ async fn dual_era_time_server_through_both_python_modes() {
         assert!(text.contains("UTC"), "{mode}: {r}");
     }
 }
+
+/// The stateless era over stdio (`portcullis stdio`): the Python client's `2026-07-28` and `auto` modes.
+#[tokio::test]
+async fn stdio_downstream_in_the_stateless_era() {
+    let m = marker("modern-stdio");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join(format!("{m}.toml"));
+    std::fs::write(&cfg, raw_upstream("raw", &m, "")).unwrap();
+    let steps = json!([
+        {"op": "list_tools"},
+        {"op": "call", "tool": "raw__echo", "args": {"text": "over stdio"}},
+        {"op": "call", "tool": "raw__progress", "args": {"steps": 2}, "progress": true},
+        {"op": "call", "tool": "raw__sample", "args": {}},
+    ]);
+    for mode in [V, "auto"] {
+        let r = py_client("stdio", &stdio_target(&cfg, None), mode, &steps);
+        assert_eq!(r["protocol_version"], V, "{mode}: {r}");
+        assert_eq!(r["results"][1]["content"][0]["text"], "over stdio", "{mode}: {r}");
+        assert_eq!(r["results"][2]["progress"], json!([1.0, 2.0]), "{mode}: {r}");
+        assert_eq!(r["results"][3]["content"][0]["text"], "sampled-by-py-client", "{mode}: {r}");
+    }
+    assert!(wait_no_processes(&m, Duration::from_secs(10)).is_empty());
+}
