@@ -72,50 +72,9 @@ impl Gateway {
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n{server_extra}\n{body}"
         );
         std::fs::write(&config, text).unwrap();
-        let mut cmd = Command::new(bin());
-        cmd.args(["serve", "-c"]).arg(&config).current_dir(repo_root());
-        cmd.env("PORTCULLIS_LOG", "info,portcullis_upstream=debug");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let l2 = log.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut g = l2.lock().unwrap();
-                g.push_str(&line);
-                g.push('\n');
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let (mut url, mut admin) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while url.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("Portcullis is listening on ") {
-                        url = Some(rest.trim().to_owned());
-                    }
-                    if let Some(rest) = line.strip_prefix("Admin endpoints (/healthz, /readyz) on ") {
-                        admin = Some(rest.trim().to_owned());
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("gateway did not start; log:\n{}", log.lock().unwrap());
-                }
-            }
-        }
-        Gateway { child: Some(child), url: url.unwrap(), admin, log, config, _dir: dir }
+        let mut gw = Self::start_file(&config, env);
+        gw._dir = dir;
+        gw
     }
 
     pub fn mcp(&self, topic: Option<&str>) -> String {
