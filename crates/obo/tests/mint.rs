@@ -56,11 +56,16 @@ async fn minted_token_carries_user_agent_chain_audience_and_tool_scope() {
     let (iat, exp) = (c["iat"].as_u64().unwrap(), c["exp"].as_u64().unwrap());
     assert_eq!(exp - iat, 120, "default ttl");
 
+    // Every minted token has its own jti; a token is reused for the same (caller, scope) while at least half of its
+    // lifetime is left (signing is the costliest step of a call), never across scopes.
     let mut jtis = HashSet::new();
-    for _ in 0..200 {
-        let (_, c) = verify(&creds, &mint(&creds, &caller, Some("get_time")).await, "https://time.internal/mcp");
+    for i in 0..200 {
+        let tool = format!("tool_{i}");
+        let (_, c) = verify(&creds, &mint(&creds, &caller, Some(&tool)).await, "https://time.internal/mcp");
         assert!(jtis.insert(c["jti"].as_str().unwrap().to_owned()), "jti repeated");
     }
+    let again = mint(&creds, &caller, Some("get_time")).await;
+    assert_eq!(again, mint(&creds, &caller, Some("get_time")).await, "same caller and scope: cached token");
 }
 
 #[tokio::test]

@@ -970,6 +970,8 @@ async fn mint_obo_e2e() {
     assert!(published.iter().any(|k| k["kty"] == "EC") && published.iter().any(|k| k["kty"] == "OKP"), "{jwks}");
 
     // HTTP upstream: Authorization header.
+    // One token per (caller, tool) while it is fresh (minting is cached); different tools never share one.
+    let mut jti_of: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
     let mut jtis = HashSet::new();
     for tool in ["alpha", "alpha", "beta", "alpha"] {
         let saw = upstream_saw(&c.call(&format!("m__{tool}"), json!({})).await);
@@ -980,7 +982,14 @@ async fn mint_obo_e2e() {
         assert_eq!(h.alg, Algorithm::ES256);
         assert_eq!(h.typ.as_deref(), Some("at+jwt"));
         check_obo_claims(&claims, tool, 300);
-        assert!(jtis.insert(claims["jti"].as_str().unwrap().to_owned()), "jti reused: {claims}");
+        let jti = claims["jti"].as_str().unwrap().to_owned();
+        match jti_of.get(tool) {
+            Some(prev) => assert_eq!(prev, &jti, "a fresh token for the same tool is reused"),
+            None => {
+                assert!(jtis.insert(jti.clone()), "jti shared across tools: {claims}");
+                jti_of.insert(tool, jti);
+            }
+        }
     }
     assert_eq!(fake.calls("/mcp-m").len(), 4);
 
@@ -988,6 +997,7 @@ async fn mint_obo_e2e() {
     for (tool, key, aud, ttl) in
         [("raw__whoami", "io.portcullis/credential", "raw", 120), ("raw2__whoami", "com.example/obo", "raw2", 30)]
     {
+        let mut first_jti: Option<String> = None;
         for _ in 0..2 {
             let r = c.call(tool, json!({})).await;
             let text = text_of(&r);
@@ -997,7 +1007,15 @@ async fn mint_obo_e2e() {
             let (h, claims) = verify_minted(&jwks, token, aud);
             assert_eq!(h.alg, Algorithm::EdDSA);
             check_obo_claims(&claims, "whoami", ttl);
-            assert!(jtis.insert(claims["jti"].as_str().unwrap().to_owned()), "jti reused: {claims}");
+            let jti = claims["jti"].as_str().unwrap().to_owned();
+            match &first_jti {
+                // Second call within the token's first half-life: the cached token.
+                Some(prev) => assert_eq!(prev, &jti),
+                None => {
+                    assert!(jtis.insert(jti.clone()), "jti shared across upstreams: {claims}");
+                    first_jti = Some(jti);
+                }
+            }
             if key != "io.portcullis/credential" {
                 assert!(params["_meta"].get("io.portcullis/credential").is_none(), "{params}");
             }
