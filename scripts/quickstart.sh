@@ -6,8 +6,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo build --release --bin portcullis
 
-# The HTTP upstream: the reference server in Streamable HTTP mode on 127.0.0.1:3001.
-PORT=3001 npx -y @modelcontextprotocol/server-everything@2026.8.31 streamableHttp >/tmp/portcullis-quickstart-upstream.log 2>&1 &
+# The HTTP upstream: Portcullis's own fault-injecting mock MCP server (Streamable HTTP) on 127.0.0.1:3001,
+# with a little realistic latency.
+./target/release/portcullis mock-server --listen 127.0.0.1:3001 --latency lognormal:p50=5ms,p99=40ms --seed 1 \
+  >/tmp/portcullis-quickstart-upstream.log 2>&1 &
 upstream=$!
 trap 'kill $upstream 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do

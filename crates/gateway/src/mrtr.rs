@@ -206,6 +206,24 @@ impl ModernCall {
     }
 }
 
+impl Drop for ModernCall {
+    /// A stateless-era call has no session to outlive it: children a `per_session` upstream started for it end
+    /// with the call (otherwise every request would leave one behind until `max_children` refuses new ones).
+    fn drop(&mut self) {
+        let Some(gw) = self.gw.upgrade() else { return };
+        let key = self.session.key;
+        if gw.upstreams().iter().any(|u| u.session_conn(key).is_some()) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    for u in gw.upstreams() {
+                        u.end_session(key).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
 fn with_id(msg: Message, id: Id) -> Message {
     match msg {
         Message::Response { result, .. } => Message::Response { id, result },

@@ -381,3 +381,25 @@ async fn stdio_downstream_in_the_stateless_era() {
     }
     assert!(wait_no_processes(&m, Duration::from_secs(10)).is_empty());
 }
+
+/// `per_session` upstreams and stateless clients: each request is its own session, so its child ends with it.
+#[tokio::test]
+async fn per_session_children_end_with_each_stateless_call() {
+    let m = marker("modern-per-session");
+    let gw = Gateway::start("", &raw_upstream("raw", &m, "per_session = true\nmax_children = 2"));
+    let c = Http::new(&gw.mcp(None));
+    let mut pids = Vec::new();
+    for _ in 0..5 {
+        let r = modern(&c, "tools/call", json!({"name": "raw__pid", "arguments": {}}), Some("raw__pid")).await;
+        let v = r.messages().pop().unwrap();
+        pids.push(v["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned());
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 5, "a child per request: {pids:?}");
+    // Only the catalog's own child stays.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while processes_with(&m).len() > 1 {
+        assert!(std::time::Instant::now() < deadline, "per-request children left behind: {:?}", processes_with(&m));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

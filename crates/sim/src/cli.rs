@@ -18,7 +18,7 @@ pub struct MockServerArgs {
     /// Serve newline-delimited JSON-RPC on stdin/stdout instead.
     #[arg(long)]
     pub stdio: bool,
-    /// A TOML file with `[[tool]]` entries (see crates/sim/README-loadtest.md); replaces the per-tool flags.
+    /// A TOML file with `[[tool]]` entries (see README.md, "Load and chaos testing"); replaces the per-tool flags.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// Seed of every random draw (same seed, same latencies and faults, call by call per tool).

@@ -1,6 +1,6 @@
 //! The scenario file: what to start, what traffic to send, what to break and when, and the SLOs to judge the run
 //! by. Unknown keys are rejected; every error reads `FILE: KEY: reason`. The format is documented in
-//! `crates/sim/README-loadtest.md` and in the header of each file in `examples/scenarios/`.
+//! README.md ("Load and chaos testing") and in the header of each file in `examples/scenarios/`.
 
 use crate::mock::MockSpec;
 use serde::{Deserialize, Deserializer};
