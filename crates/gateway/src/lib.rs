@@ -88,6 +88,8 @@ impl Gateway {
         let cfg = Arc::new(cfg);
         let (tx, rx) = mpsc::channel(4096);
         let http = reqwest::Client::builder()
+            // Upstreams and token endpoints are configured exactly; a redirect is an error, not a hint to follow.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10))
@@ -367,6 +369,7 @@ fn static_client(u: &portcullis_config::UpstreamConfig, base: &std::path::Path) 
     }
     reqwest::Client::builder()
         .default_headers(headers)
+        .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10))
