@@ -43,13 +43,12 @@ impl Authenticator {
         if token.starts_with(API_KEY_PREFIX) {
             return self.api_keys.check(token);
         }
-        let key = cache::hash(token);
-        if let Some(p) = self.cache.get(&key, now()) {
+        if let Some(p) = self.cache.get(token, now()) {
             return Ok(p);
         }
         let principal = Arc::new(self.jwt.verify(token).await?);
         if let Some(exp) = principal.expires_at {
-            self.cache.insert(key, Arc::clone(&principal), exp, now());
+            self.cache.insert(cache::hash(token), Arc::clone(&principal), exp, now());
         }
         Ok(principal)
     }

