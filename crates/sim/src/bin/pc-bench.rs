@@ -92,7 +92,17 @@ fn main() -> ExitCode {
                 });
                 match args {
                     Ok(args) => {
-                        let cfg = LoadConfig { url, concurrency, duration, warmup, tool, args, sessions, rate };
+                        let cfg = LoadConfig {
+                            url,
+                            concurrency,
+                            duration,
+                            warmup,
+                            tool,
+                            args,
+                            sessions,
+                            rate,
+                            headers: Default::default(),
+                        };
                         load::run(&cfg)
                             .await
                             .map(|r| println!("{}", if json { r.to_json() } else { r.to_string() }))

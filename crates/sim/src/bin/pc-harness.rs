@@ -7,21 +7,16 @@
 //! - `gate`: instructions per call from pairs of callgrind runs, compared with `bench/callgrind-baseline.json`.
 //! - `stages`: per-call inclusive instructions per function from two `callgrind_annotate --inclusive=yes` outputs.
 
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use portcullis_protocol::{sse, Id, Message};
 use portcullis_sim::gate::{self, Baseline};
-use portcullis_sim::load::{measured_from, Outcome, Report, Schedule, Stats};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
+use portcullis_sim::load::{Client, LoadConfig, Outcome};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const SESSION: &str = "mcp-session-id";
-const MAX_EVENT: usize = 16 << 20;
 
 #[derive(Parser)]
 #[command(name = "pc-harness", about = "Benchmark and regression-gate helpers for bench/run.sh and bench/gate.sh")]
@@ -137,113 +132,22 @@ fn main() -> ExitCode {
     }
 }
 
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    call_params: String,
+fn client_headers(t: &Target) -> anyhow::Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    for h in &t.headers {
+        let (name, value) =
+            h.split_once(':').ok_or_else(|| anyhow::anyhow!("--header {h:?}: expected `Name: value`"))?;
+        headers.insert(HeaderName::try_from(name.trim())?, HeaderValue::from_str(value.trim())?);
+    }
+    Ok(headers)
 }
 
-impl Client {
-    fn new(t: &Target, conns: usize) -> anyhow::Result<Client> {
-        let mut headers = HeaderMap::new();
-        for h in &t.headers {
-            let (name, value) =
-                h.split_once(':').ok_or_else(|| anyhow::anyhow!("--header {h:?}: expected `Name: value`"))?;
-            headers.insert(HeaderName::try_from(name.trim())?, HeaderValue::from_str(value.trim())?);
-        }
-        let http = reqwest::Client::builder()
-            .http1_only()
-            .tcp_nodelay(true)
-            .default_headers(headers)
-            .pool_max_idle_per_host(conns)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .timeout(Duration::from_secs(60))
-            .build()?;
-        let args: serde_json::Value = serde_json::from_str(&t.args).map_err(|e| {
-            anyhow::anyhow!("--args is not valid JSON ({e}); pass an object like '{{\"text\":\"hi\"}}'")
-        })?;
-        let call_params = serde_json::json!({ "name": t.tool, "arguments": args }).to_string();
-        Ok(Client { http, url: t.url.clone(), call_params })
-    }
-
-    fn post(&self, session: Option<&HeaderValue>, body: String) -> reqwest::RequestBuilder {
-        let mut rb = self
-            .http
-            .post(&self.url)
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json, text/event-stream")
-            .body(body);
-        if let Some(s) = session {
-            rb = rb.header(SESSION, s.clone());
-        }
-        rb
-    }
-
-    async fn open_session(&self) -> anyhow::Result<Option<HeaderValue>> {
-        let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"pc-harness","version":"0.1.0"}}}"#;
-        let resp = self.post(None, init.to_owned()).send().await?;
-        let status = resp.status();
-        let session = resp.headers().get(SESSION).cloned();
-        let sse = is_sse(&resp);
-        let body = resp.bytes().await?;
-        if status != reqwest::StatusCode::OK {
-            anyhow::bail!("initialize at {}: HTTP {status}: {}", self.url, String::from_utf8_lossy(&body));
-        }
-        match find_response(&body, sse, &Id::Num(0)) {
-            Some(Message::Response { .. }) => {}
-            _ => anyhow::bail!("initialize at {}: no result in {}", self.url, String::from_utf8_lossy(&body)),
-        }
-        let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-        let resp = self.post(session.as_ref(), note.to_owned()).send().await?;
-        if !resp.status().is_success() {
-            anyhow::bail!("notifications/initialized at {}: HTTP {}", self.url, resp.status());
-        }
-        let _ = resp.bytes().await;
-        Ok(session)
-    }
-
-    async fn close_session(&self, session: &HeaderValue) {
-        let _ = self.http.delete(&self.url).header(SESSION, session.clone()).send().await;
-    }
-
-    async fn call(&self, session: Option<&HeaderValue>, id: i64) -> Outcome {
-        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{}}}"#, self.call_params);
-        let Ok(resp) = self.post(session, body).send().await else {
-            return Outcome::Failed;
-        };
-        if resp.status() != reqwest::StatusCode::OK {
-            let _ = resp.bytes().await;
-            return Outcome::Failed;
-        }
-        let sse = is_sse(&resp);
-        let Ok(body) = resp.bytes().await else {
-            return Outcome::Failed;
-        };
-        match find_response(&body, sse, &Id::Num(id)) {
-            Some(Message::Response { result, .. }) => {
-                if result.get().contains(r#""isError":true"#) {
-                    Outcome::ToolError
-                } else {
-                    Outcome::Ok
-                }
-            }
-            Some(_) => Outcome::RpcError,
-            None => Outcome::Failed,
-        }
-    }
-}
-
-fn is_sse(resp: &reqwest::Response) -> bool {
-    resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"))
-}
-
-fn find_response(body: &Bytes, sse: bool, id: &Id) -> Option<Message> {
-    let ours = |m: &Message| m.is_response() && m.id() == Some(id);
-    if !sse {
-        return Message::parse(body).ok().filter(ours);
-    }
-    let events = sse::Decoder::new(MAX_EVENT).feed(body).ok()?;
-    events.iter().filter_map(|e| Message::parse(e.data.as_bytes()).ok()).find(ours)
+/// The shared load client with `--header`s, `--tool` and `--args` applied.
+fn client(t: &Target, conns: usize) -> anyhow::Result<Client> {
+    let headers = client_headers(t)?;
+    let args: serde_json::Value = serde_json::from_str(&t.args)
+        .map_err(|e| anyhow::anyhow!("--args is not valid JSON ({e}); pass an object like '{{\"text\":\"hi\"}}'"))?;
+    Ok(Client::new(&t.url, &t.tool, &args, conns, headers)?)
 }
 
 async fn run_client(cmd: Cmd) -> anyhow::Result<bool> {
@@ -251,12 +155,24 @@ async fn run_client(cmd: Cmd) -> anyhow::Result<bool> {
         Cmd::Load { target, concurrency, duration, warmup, rate, sessions, json } => {
             anyhow::ensure!(concurrency > 0 && sessions > 0, "--concurrency and --sessions must be at least 1");
             anyhow::ensure!(rate.is_none_or(|r| r.is_finite() && r > 0.0), "--rate must be positive");
-            let report = load(&target, concurrency, duration, warmup, rate, sessions).await?;
+            let cfg = LoadConfig {
+                url: target.url.clone(),
+                concurrency,
+                duration,
+                warmup,
+                tool: target.tool.clone(),
+                args: serde_json::from_str(&target.args)
+                    .map_err(|e| anyhow::anyhow!("--args is not valid JSON ({e})"))?,
+                sessions,
+                rate,
+                headers: client_headers(&target)?,
+            };
+            let report = portcullis_sim::load::run(&cfg).await?;
             println!("{}", if json { report.to_json() } else { report.to_string() });
             Ok(true)
         }
         Cmd::Calls { target, warmup, calls } => {
-            let client = Client::new(&target, 1)?;
+            let client = client(&target, 1)?;
             let session = client.open_session().await?;
             let mut failed = 0u64;
             for k in 0..warmup + calls {
@@ -266,13 +182,13 @@ async fn run_client(cmd: Cmd) -> anyhow::Result<bool> {
                 }
             }
             if let Some(s) = &session {
-                client.close_session(s).await;
+                let _ = client.close_session(s).await;
             }
             println!("{} calls ({warmup} warmup), {failed} failed", warmup + calls);
             Ok(failed == 0)
         }
         Cmd::Sessions { target, count, concurrency } => {
-            let client = Arc::new(Client::new(&target, concurrency)?);
+            let client = Arc::new(client(&target, concurrency)?);
             let next = Arc::new(AtomicU64::new(0));
             let failed = Arc::new(AtomicU64::new(0));
             let t0 = Instant::now();
@@ -300,91 +216,6 @@ async fn run_client(cmd: Cmd) -> anyhow::Result<bool> {
         }
         Cmd::Gate { .. } | Cmd::Stages { .. } => unreachable!("handled without a runtime"),
     }
-}
-
-struct Run {
-    client: Client,
-    sessions: Vec<Option<HeaderValue>>,
-    start: Instant,
-    measure: Instant,
-    end: Instant,
-}
-
-fn call_id(w: usize, k: u64) -> i64 {
-    ((w as i64) << 32) | (k & 0xffff_ffff) as i64
-}
-
-async fn load(
-    target: &Target,
-    concurrency: usize,
-    duration: Duration,
-    warmup: Duration,
-    rate: Option<f64>,
-    sessions: usize,
-) -> anyhow::Result<Report> {
-    let client = Client::new(target, concurrency)?;
-    let mut open = Vec::with_capacity(sessions);
-    for _ in 0..sessions {
-        open.push(client.open_session().await?);
-    }
-    let start = Instant::now();
-    let measure = start + warmup;
-    let run = Arc::new(Run { client, sessions: open, start, measure, end: measure + duration });
-    let mut workers = tokio::task::JoinSet::new();
-    for w in 0..concurrency {
-        let run = run.clone();
-        workers.spawn(async move {
-            let session = run.sessions[w % run.sessions.len()].as_ref();
-            let mut stats = Stats::new();
-            match rate {
-                None => {
-                    for k in 0u64.. {
-                        let t0 = Instant::now();
-                        if t0 >= run.end {
-                            break;
-                        }
-                        let outcome = run.client.call(session, call_id(w, k)).await;
-                        stats.all_calls += 1;
-                        if t0 >= run.measure {
-                            stats.record(outcome, t0.elapsed());
-                        }
-                    }
-                }
-                Some(rate) => {
-                    let schedule = Schedule::new(run.start, rate);
-                    for k in (w as u64..).step_by(concurrency) {
-                        let due = schedule.due(k);
-                        if due >= run.end {
-                            break;
-                        }
-                        let free = Instant::now();
-                        if free < due {
-                            tokio::time::sleep_until(due.into()).await;
-                        }
-                        let (from, late) = measured_from(due, free, Instant::now());
-                        let outcome = run.client.call(session, call_id(w, k)).await;
-                        stats.all_calls += 1;
-                        if due >= run.measure {
-                            stats.record(outcome, from.elapsed());
-                            stats.late += u64::from(late);
-                        }
-                    }
-                }
-            }
-            stats
-        });
-    }
-    let mut total = Stats::new();
-    while let Some(done) = workers.join_next().await {
-        if let Ok(s) = done {
-            total.merge(&s);
-        }
-    }
-    for s in run.sessions.iter().flatten() {
-        run.client.close_session(s).await;
-    }
-    let mode = if rate.is_some() { "open" } else { "closed" };
-    Ok(Report::new(mode, concurrency, sessions, rate, duration).fill(&total))
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<String> {

@@ -23,7 +23,8 @@ pub enum Outcome {
     Failed,
 }
 
-pub(crate) struct Client {
+/// A tools/call client over one pool of keep-alive connections (shared by the load generator and `pc-harness`).
+pub struct Client {
     http: reqwest::Client,
     url: String,
     /// `{"name":…,"arguments":…}`, serialized once.
@@ -31,8 +32,16 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn new(url: &str, tool: &str, args: &serde_json::Value, conns: usize) -> Result<Client, LoadError> {
+    /// `headers`: extra headers on every request (e.g. `Authorization`).
+    pub fn new(
+        url: &str,
+        tool: &str,
+        args: &serde_json::Value,
+        conns: usize,
+        headers: reqwest::header::HeaderMap,
+    ) -> Result<Client, LoadError> {
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .http1_only()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(conns)
@@ -58,7 +67,7 @@ impl Client {
     }
 
     /// `initialize` + `notifications/initialized`; returns the session id header, if the server sent one.
-    pub(crate) async fn open_session(&self) -> Result<Option<HeaderValue>, LoadError> {
+    pub async fn open_session(&self) -> Result<Option<HeaderValue>, LoadError> {
         let fail = |reason: String| LoadError::Initialize { url: self.url.clone(), reason };
         let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"pc-bench","version":"0.1.0"}}}"#;
         let resp = self.post(None, init.to_owned()).send().await.map_err(|e| fail(chain(&e)))?;
@@ -83,12 +92,12 @@ impl Client {
     }
 
     /// `DELETE` the session (best effort: the run's figures are already taken).
-    pub(crate) async fn close_session(&self, session: &HeaderValue) -> Result<(), reqwest::Error> {
+    pub async fn close_session(&self, session: &HeaderValue) -> Result<(), reqwest::Error> {
         self.http.delete(&self.url).header(SESSION, session.clone()).send().await.map(drop)
     }
 
     /// One `tools/call` with JSON-RPC id `id`.
-    pub(crate) async fn call(&self, session: Option<&HeaderValue>, id: i64) -> Outcome {
+    pub async fn call(&self, session: Option<&HeaderValue>, id: i64) -> Outcome {
         let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{}}}"#, self.call_params);
         let Ok(resp) = self.post(session, body).send().await else {
             return Outcome::Failed;

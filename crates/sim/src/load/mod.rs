@@ -14,10 +14,9 @@ mod report;
 #[cfg(test)]
 mod tests;
 
-pub use client::Outcome;
+pub use client::{Client, Outcome};
 pub use report::{measured_from, Report, Schedule, Stats};
 
-use client::Client;
 use reqwest::header::HeaderValue;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +37,8 @@ pub struct LoadConfig {
     pub sessions: usize,
     /// Open loop: target calls per second.
     pub rate: Option<f64>,
+    /// Extra headers on every request (e.g. `Authorization: Bearer …` for an authenticated gateway).
+    pub headers: reqwest::header::HeaderMap,
 }
 
 impl Default for LoadConfig {
@@ -51,6 +52,7 @@ impl Default for LoadConfig {
             args: serde_json::json!({ "text": "hello" }),
             sessions: 1,
             rate: None,
+            headers: reqwest::header::HeaderMap::new(),
         }
     }
 }
@@ -81,7 +83,7 @@ struct Run {
 /// Open the sessions, run the load, close the sessions, and report.
 pub async fn run(cfg: &LoadConfig) -> Result<Report, LoadError> {
     validate(cfg)?;
-    let client = Client::new(&cfg.url, &cfg.tool, &cfg.args, cfg.concurrency)?;
+    let client = Client::new(&cfg.url, &cfg.tool, &cfg.args, cfg.concurrency, cfg.headers.clone())?;
     let mut sessions = Vec::with_capacity(cfg.sessions);
     for _ in 0..cfg.sessions {
         sessions.push(client.open_session().await?);
