@@ -305,12 +305,14 @@ impl Gateway {
         }
         let uid = conn.alloc_id();
         s.track_call(id.clone(), conn.clone(), uid);
+        // Untrack however this future ends (answered, or dropped with a client that went away).
+        let tracked = Tracked { s, id: id.clone() };
         let call =
             Call { uid, session: s.key, method, params, sink: Some(sink), timeout: upstream.config().timeout, headers };
         // A stateless-era upstream may answer with an InputRequiredResult: keep what a retry needs.
         let retry_base = conn.is_modern().then(|| (call.params.as_deref().map(|p| raw(p.get())), call.headers.clone()));
         let res = conn.call(call).await;
-        s.untrack_call(&id);
+        drop(tracked);
         if let (Some(base), Ok(Message::Response { result, .. })) = (retry_base, &res) {
             if result.get().contains("\"input_required\"") && s.modern_call.get().is_none() {
                 let first = raw(result.get());
@@ -394,6 +396,18 @@ impl Gateway {
             }
         }
         err(id, code::INTERNAL_ERROR, "the upstream kept asking for input; gave up after 8 rounds")
+    }
+}
+
+/// Removes a call from the session's in-flight table when dropped.
+struct Tracked<'a> {
+    s: &'a Session,
+    id: Id,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.s.untrack_call(&self.id);
     }
 }
 

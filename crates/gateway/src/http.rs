@@ -391,24 +391,40 @@ async fn request(
     }
     let Output::Http(out) = &s.out else { return rpc_error(StatusCode::NOT_FOUND, -32001, "Session not found") };
     let buf = out.open(id.clone());
-    // The call runs to completion even if the client disconnects: in the session era a dropped connection is
-    // not a cancellation, and the answer stays buffered for a `Last-Event-ID` resume.
-    let task_buf = buf.clone();
-    let task_s = s.clone();
+    // Run the call inline: most answers come back before any related message, and are sent as JSON without a
+    // task hand-off. If progress or a server-to-client request comes first, the call moves to its own task and the
+    // reply becomes an SSE stream (resumable from then on: a dropped connection is not a cancellation).
+    let mut call = {
+        let (gw, s, id) = (gw.clone(), s.clone(), id.clone());
+        Box::pin(async move { gw.request(&s, id, &method, params).await })
+    };
+    let unregister = |s: &Session, id: &Id| {
+        if let Output::Http(o) = &s.out {
+            o.close(id);
+        }
+    };
+    tokio::select! {
+        biased;
+        resp = &mut call => {
+            unregister(&s, &id);
+            // Related messages may have arrived in the same instant: then they and the answer go out as SSE.
+            if acc.json && buf.is_empty() {
+                buf.finish();
+                return json_response(resp.to_json(), None);
+            }
+            buf.push(resp.to_json());
+            buf.finish();
+            return sse_response(buf.sse(None, None, true, None));
+        }
+        _ = buf.wait_first() => {}
+    }
+    let (task_buf, task_s) = (buf.clone(), s.clone());
     tokio::spawn(async move {
-        let resp = gw.request(&task_s, id.clone(), &method, params).await;
+        let resp = call.await;
         task_buf.push(resp.to_json());
         task_buf.finish();
-        if let Output::Http(o) = &task_s.out {
-            o.close(&id);
-        }
+        unregister(&task_s, &id);
     });
-    buf.wait_first().await;
-    if acc.json {
-        if let Some(single) = buf.take_single() {
-            return json_response(single.to_string(), None);
-        }
-    }
     sse_response(buf.sse(None, None, true, None))
 }
 
