@@ -116,7 +116,8 @@ impl Gateway {
                 }
                 _ => http.clone(),
             };
-            upstreams.push(Upstream::start(u.clone(), tx.clone(), client));
+            let service = service_headers(u, credentials.get(u.name.as_str()).cloned());
+            upstreams.push(Upstream::start(u.clone(), tx.clone(), client, service));
         }
         let by_name = upstreams.iter().map(|u| (Arc::from(u.name()), u.clone())).collect();
         let lists = upstreams.iter().map(|u| (Arc::from(u.name()), Arc::new(UpstreamLists::default()))).collect();
@@ -354,6 +355,27 @@ impl Gateway {
             }
         }
     }
+}
+
+/// For a `mint_obo` HTTP upstream, the gateway's own requests (initialize, listing) carry a token minted for the
+/// gateway itself (`sub = "portcullis"`, no tool scope): an upstream that authenticates every request, handshake
+/// included, accepts the gateway before any user call. (`token_exchange` has no subject to exchange for these.)
+fn service_headers(
+    u: &portcullis_config::UpstreamConfig,
+    creds: Option<Arc<Credentials>>,
+) -> Option<portcullis_upstream::ServiceHeaders> {
+    if !matches!(u.credential, portcullis_config::CredentialConfig::MintObo { .. }) || u.url.is_none() {
+        return None;
+    }
+    let creds = creds?;
+    Some(Arc::new(move || {
+        let caller = portcullis_obo::Caller { subject: "portcullis", client_id: None, actors: &[], token: None };
+        // Minting does no I/O: the future is ready at once.
+        match futures::executor::block_on(creds.for_call(&caller, None)) {
+            Ok(Some((name, secret))) => secret.header_value().map(|v| vec![(name, v)]).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }))
 }
 
 /// An HTTP client whose every request carries the upstream's static credential.

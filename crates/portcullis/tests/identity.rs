@@ -992,6 +992,12 @@ async fn mint_obo_e2e() {
         }
     }
     assert_eq!(fake.calls("/mcp-m").len(), 4);
+    // The gateway's own handshake carries a token minted for the gateway itself, never a user's.
+    let init = fake.upstream_seen("/mcp-m").into_iter().find(|s| s.rpc_method() == "initialize").unwrap();
+    let authz = init.header("authorization").expect("the handshake carries the gateway's service token");
+    let (_, claims) = verify_minted(&jwks, authz.strip_prefix("Bearer ").unwrap(), &format!("{}/mcp-m", fake.base));
+    assert_eq!(claims["sub"], "portcullis", "{claims}");
+    assert!(claims.get("act").is_none() && claims.get("scope").is_none(), "no user, no tool: {claims}");
 
     // stdio upstream: the bare token in params._meta["io.portcullis/credential"] (default key) / a custom key.
     for (tool, key, aud, ttl) in

@@ -90,6 +90,7 @@ pub(crate) struct Inner {
     last_error: Mutex<Option<String>>,
     /// The upstream speaks only the stateless era: every request carries the 2026-07-28 envelope.
     modern: std::sync::atomic::AtomicBool,
+    service: Option<crate::ServiceHeaders>,
     stop: CancellationToken,
 }
 
@@ -131,6 +132,8 @@ impl ReplyHandle {
 
 pub struct ConnSpec {
     pub cfg: Arc<UpstreamConfig>,
+    /// The gateway's own credential for its own requests (initialize, listing), when the upstream has one.
+    pub service: Option<crate::ServiceHeaders>,
     pub owner: Option<Arc<dyn Sink>>,
     pub publishes: bool,
     pub events: mpsc::Sender<UpstreamEvent>,
@@ -154,6 +157,7 @@ impl Conn {
             status,
             last_error: Mutex::new(None),
             modern: std::sync::atomic::AtomicBool::new(false),
+            service: spec.service,
             stop: CancellationToken::new(),
         });
         tokio::spawn(supervise(inner.clone()));
@@ -304,6 +308,11 @@ impl<'a> Req<'a> {
 
 async fn call_inner(inner: &Arc<Inner>, req: Req<'_>) -> Result<Message, CallError> {
     let Req { uid, session, method, mut params, sink, deadline, mut headers } = req;
+    if session == GATEWAY_SESSION && headers.is_empty() {
+        if let Some(service) = &inner.service {
+            headers = service();
+        }
+    }
     if inner.modern.load(Ordering::Relaxed) {
         params = modern_envelope(inner, method, params, &mut headers);
     }

@@ -23,6 +23,9 @@ use portcullis_config::{ClientRequestKind, HttpTransport, UpstreamConfig};
 use portcullis_protocol::Message;
 use std::sync::Arc;
 
+/// Headers for the gateway's own requests to an upstream (handshake, listing): its service credential.
+pub type ServiceHeaders = Arc<dyn Fn() -> Vec<(::http::HeaderName, ::http::HeaderValue)> + Send + Sync>;
+
 /// Where messages an upstream sends to one client session go. Implemented by the gateway's session layer.
 pub trait Sink: Send + Sync {
     /// Deliver a notification, or a server-to-client request with the handle to answer it. Must not block.

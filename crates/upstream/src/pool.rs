@@ -16,20 +16,27 @@ pub struct Upstream {
     sessions: Mutex<HashMap<u64, Conn>>,
     events: mpsc::Sender<UpstreamEvent>,
     http: reqwest::Client,
+    service: Option<crate::ServiceHeaders>,
 }
 
 impl Upstream {
-    pub fn start(cfg: UpstreamConfig, events: mpsc::Sender<UpstreamEvent>, http: reqwest::Client) -> Arc<Upstream> {
+    pub fn start(
+        cfg: UpstreamConfig,
+        events: mpsc::Sender<UpstreamEvent>,
+        http: reqwest::Client,
+        service: Option<crate::ServiceHeaders>,
+    ) -> Arc<Upstream> {
         let cfg = Arc::new(cfg);
         let shared = Conn::start(ConnSpec {
             cfg: cfg.clone(),
+            service: service.clone(),
             owner: None,
             publishes: true,
             events: events.clone(),
             caps: ClientCaps,
             http: http.clone(),
         });
-        Arc::new(Upstream { cfg, shared, sessions: Mutex::new(HashMap::new()), events, http })
+        Arc::new(Upstream { cfg, shared, sessions: Mutex::new(HashMap::new()), events, http, service })
     }
 
     pub fn name(&self) -> &str {
@@ -74,6 +81,7 @@ impl Upstream {
         };
         let conn = Conn::start(ConnSpec {
             cfg,
+            service: self.service.clone(),
             owner: Some(owner()),
             publishes: false,
             events: self.events.clone(),
