@@ -1,10 +1,11 @@
 # Helpers shared by bench/run.sh and bench/gate.sh (sourced, not run).
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BENCH=$ROOT/target/release/pc-bench
-HARNESS=$ROOT/target/release/pc-harness
-PROXY=$ROOT/target/release/pc-proxy
-GATEWAY=$ROOT/target/release/portcullis
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BENCH=$TARGET/release/pc-bench
+HARNESS=$TARGET/release/pc-harness
+PROXY=$TARGET/release/pc-proxy
+GATEWAY=$TARGET/release/portcullis
 PIDS=()
 
 build_release() {

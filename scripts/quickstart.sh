@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo build --release --bin portcullis
+BIN="${CARGO_TARGET_DIR:-target}/release/portcullis"
 
 # The HTTP upstream: Portcullis's own fault-injecting mock MCP server (Streamable HTTP) on 127.0.0.1:3001,
 # with a little realistic latency.
-./target/release/portcullis mock-server --listen 127.0.0.1:3001 --latency lognormal:p50=5ms,p99=40ms --seed 1 \
+"$BIN" mock-server --listen 127.0.0.1:3001 --latency lognormal:p50=5ms,p99=40ms --seed 1 \
   >/tmp/portcullis-quickstart-upstream.log 2>&1 &
 upstream=$!
 trap 'kill $upstream 2>/dev/null || true' EXIT
@@ -17,4 +18,4 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 
-./target/release/portcullis serve -c examples/quickstart.toml
+"$BIN" serve -c examples/quickstart.toml
