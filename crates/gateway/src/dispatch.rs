@@ -102,6 +102,16 @@ impl Gateway {
             "tasks/get" | "tasks/result" | "tasks/cancel" => self.task_call(s, id, method, params).await,
             "tasks/list" => self.task_list(s, id).await,
             "logging/setLevel" => {
+                let level = params_obj(params.as_deref()).ok().and_then(|o| o.get_str("level"));
+                let Some(rank) = level.as_deref().and_then(crate::session::log_rank) else {
+                    return err(
+                        id,
+                        code::INVALID_PARAMS,
+                        "params.level must be one of debug, info, notice, warning, error, critical, alert, emergency",
+                    );
+                };
+                // Upstreams are shared: each session gets only messages at or above its own level.
+                s.log_level.store(rank, Ordering::Relaxed);
                 for u in self.upstreams() {
                     if view.sees_upstream(u.name())
                         && u.shared().init_info().is_some_and(|i| i.has_capability("logging"))

@@ -147,6 +147,16 @@ pub struct Session {
     pub modern_call: std::sync::OnceLock<Weak<crate::mrtr::ModernCall>>,
     /// A stateless-era request's `Mcp-Param-*` headers, forwarded unchanged to stateless-era HTTP upstreams.
     pub param_headers: std::sync::OnceLock<Vec<(http::HeaderName, http::HeaderValue)>>,
+    /// Minimum `notifications/message` level this session asked for (`logging/setLevel`); 0 = everything.
+    pub log_level: std::sync::atomic::AtomicU8,
+}
+
+/// RFC 5424 severities as MCP names them, least severe first.
+pub fn log_rank(level: &str) -> Option<u8> {
+    ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
+        .iter()
+        .position(|l| *l == level)
+        .and_then(|p| u8::try_from(p).ok())
 }
 
 fn now_secs() -> u64 {
@@ -185,6 +195,7 @@ impl Session {
             closed: CancellationToken::new(),
             modern_call: std::sync::OnceLock::new(),
             param_headers: std::sync::OnceLock::new(),
+            log_level: std::sync::atomic::AtomicU8::new(0),
         })
     }
 
@@ -339,6 +350,17 @@ impl Sink for SessionSink {
         if let Some(call) = s.modern_call.get().and_then(Weak::upgrade) {
             call.on_upstream(msg, reply);
             return;
+        }
+        if msg.method() == Some("notifications/message") {
+            let floor = s.log_level.load(Ordering::Relaxed);
+            let level = msg
+                .params()
+                .and_then(|p| portcullis_protocol::RawObject::parse(p.get()).ok())
+                .and_then(|o| o.get_str("level"))
+                .and_then(|l| log_rank(&l));
+            if floor > 0 && level.is_some_and(|l| l < floor) {
+                return;
+            }
         }
         let msg = match (msg, reply) {
             (Message::Request { method, params, .. }, Some(handle)) => {

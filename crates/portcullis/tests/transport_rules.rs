@@ -268,3 +268,25 @@ async fn stateless_probe_falls_back_and_health_endpoints() {
     let v: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(v["ready"], true);
 }
+
+#[tokio::test]
+async fn log_messages_respect_each_sessions_level() {
+    let gw = gateway("");
+    let mut quiet = Http::new(&gw.mcp(None));
+    quiet.initialize(json!({})).await;
+    let mut chatty = Http::new(&gw.mcp(None));
+    chatty.initialize(json!({})).await;
+    assert_eq!(quiet.request("logging/setLevel", json!({"level": "error"})).await["result"], json!({}));
+    assert_eq!(chatty.request("logging/setLevel", json!({"level": "debug"})).await["result"], json!({}));
+    let bad = chatty.request("logging/setLevel", json!({"level": "loud"})).await;
+    assert_eq!(bad["error"]["code"], -32602);
+    // The upstream logs at info: the chatty session sees it next to the answer, the quiet one does not.
+    for (c, expect) in [(&mut chatty, true), (&mut quiet, false)] {
+        let id = c.bump();
+        let r = c.post(&json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"raw__log","arguments":{"text":"hello log"}}})).await;
+        let msgs = r.messages();
+        let logged = msgs.iter().any(|m| m["method"] == "notifications/message" && m["params"]["data"] == "hello log");
+        assert_eq!(logged, expect, "{msgs:?}");
+        assert!(msgs.iter().any(|m| m["id"] == json!(id)), "{msgs:?}");
+    }
+}
