@@ -210,6 +210,15 @@ impl Drop for ModernCall {
     /// A stateless-era call has no session to outlive it: children a `per_session` upstream started for it end
     /// with the call (otherwise every request would leave one behind until `max_children` refuses new ones).
     fn drop(&mut self) {
+        // Questions the client never answered: tell the upstream rather than leave it waiting.
+        for input in self.state.get_mut().inputs.drain(..) {
+            if let Some(h) = input.handle {
+                h.reply_error(ErrorObject::new(
+                    code::INTERNAL_ERROR,
+                    "the client did not answer before the call ended",
+                ));
+            }
+        }
         let Some(gw) = self.gw.upgrade() else { return };
         let key = self.session.key;
         if gw.upstreams().iter().any(|u| u.session_conn(key).is_some()) {
