@@ -142,3 +142,74 @@ async fn static_credential_is_sent_on_every_upstream_request() {
     assert!(seen.iter().all(|(_, ok)| *ok), "every request carried the key: {seen:?}");
     assert!(!gw.log_text().contains("s3cret-upstream-key"), "the secret is never logged");
 }
+
+/// A stateless-only (2026-07-28) HTTP upstream: discovered after `initialize` is refused, then called with the
+/// envelope and the mirrored `Mcp-*` headers; a stateless client's `Mcp-Param-*` headers reach it unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_only_http_upstream_gets_envelope_and_param_headers() {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use std::sync::{Arc, Mutex};
+    const V: &str = "2026-07-28";
+    let seen: Arc<Mutex<Vec<(String, HeaderMap, serde_json::Value)>>> = Arc::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let seen = s2.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let method = v["method"].as_str().unwrap_or("").to_owned();
+                seen.lock().unwrap().push((method.clone(), headers.clone(), v.clone()));
+                if v["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] != V {
+                    let e = json!({"jsonrpc":"2.0","id":v["id"],"error":{"code":-32602,"message":"2026-07-28 only"}});
+                    return (StatusCode::BAD_REQUEST, axum::Json(e)).into_response();
+                }
+                let result = match method.as_str() {
+                    "server/discover" => json!({"supportedVersions": [V], "capabilities": {"tools": {}}, "resultType": "complete"}),
+                    "tools/list" => json!({"tools": [{"name": "where", "inputSchema": {"type": "object"}}], "resultType": "complete"}),
+                    "tools/call" => {
+                        let region = headers.get("mcp-param-region").and_then(|h| h.to_str().ok()).unwrap_or("none");
+                        json!({"content": [{"type": "text", "text": format!("region={region}")}], "resultType": "complete"})
+                    }
+                    _ => return (StatusCode::NOT_FOUND, "no").into_response(),
+                };
+                axum::Json(json!({"jsonrpc": "2.0", "id": v["id"], "result": result})).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gw = Gateway::start("", &format!("[[upstream]]\nname = \"modern\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n"));
+    let c = Http::new(&gw.mcp(None));
+    let mut params = json!({"name": "modern__where", "arguments": {}});
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": V,
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let r = c
+        .raw(
+            reqwest::Method::POST,
+            Some(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":params}).to_string()),
+            &[
+                ("mcp-protocol-version", V),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "modern__where"),
+                ("mcp-param-region", "eu-west"),
+            ],
+        )
+        .await;
+    let v = r.messages().pop().unwrap();
+    assert_eq!(v["result"]["content"][0]["text"], "region=eu-west", "{v}");
+    let seen = seen.lock().unwrap().clone();
+    let (_, h, body) = seen.iter().find(|(m, _, _)| m == "tools/call").unwrap().clone();
+    assert_eq!(h.get("mcp-method").unwrap(), "tools/call");
+    assert_eq!(h.get("mcp-name").unwrap(), "where", "the upstream's own tool name is mirrored");
+    assert_eq!(h.get("mcp-protocol-version").unwrap(), V);
+    assert_eq!(body["params"]["_meta"]["io.modelcontextprotocol/clientInfo"]["name"], "portcullis");
+    // A session-era client reaches the same upstream too (the envelope is the gateway's, not the client's).
+    let mut legacy = Http::new(&gw.mcp(None));
+    legacy.initialize(json!({})).await;
+    assert_eq!(text_of(&legacy.call("modern__where", json!({})).await), "region=none");
+}
