@@ -93,6 +93,15 @@ async fn ladder_statuses_and_codes() {
         )
         .await;
     assert_eq!((r.status, r.json()["error"]["code"].clone()), (400, json!(-32020)));
+    // A routing header sent twice → -32020 (first-copy and last-copy readers would disagree).
+    let r = c
+        .raw(
+            Method::POST,
+            Some(body(1, "tools/list", json!({}))),
+            &[("mcp-protocol-version", V), ("mcp-method", "tools/list"), ("mcp-method", "tools/list")],
+        )
+        .await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (400, json!(-32020)), "{}", r.body);
     // Header version differs from the envelope → -32020 (checked before support).
     let r = c
         .raw(
