@@ -351,6 +351,37 @@ impl Sink for SessionSink {
             call.on_upstream(msg, reply);
             return;
         }
+        if msg.method() == Some("notifications/cancelled") {
+            // The upstream withdrew one of its own requests to this client: name it by the id the client saw.
+            let Some(mut p) = msg.params().and_then(|p| portcullis_protocol::RawObject::parse(p.get()).ok()) else {
+                return;
+            };
+            let Some(upstream_id) = p.get("requestId").and_then(|r| serde_json::from_str::<Id>(r.get()).ok()) else {
+                return;
+            };
+            let client_id = {
+                let mut reqs = s.server_requests.lock();
+                let found: Vec<Id> = reqs
+                    .iter()
+                    .filter(|(_, a)| matches!(a, Asked::Upstream(h) if *h.upstream_id() == upstream_id))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                // Ambiguous (two upstreams reused one id) or unknown: better to drop than cancel the wrong request.
+                match found.as_slice() {
+                    [one] => {
+                        reqs.remove(one);
+                        one.clone()
+                    }
+                    _ => return,
+                }
+            };
+            p.set("requestId", portcullis_protocol::raw::raw(&client_id.to_json()));
+            s.emit(
+                self.related.as_ref(),
+                Message::notification("notifications/cancelled", Some(p.into_raw())).to_json(),
+            );
+            return;
+        }
         if msg.method() == Some("notifications/message") {
             let floor = s.log_level.load(Ordering::Relaxed);
             let level = msg

@@ -261,3 +261,27 @@ async fn client_cancellation_reaches_upstream_with_rewritten_id() {
     let last = msgs.last().unwrap_or_else(|| panic!("empty reply: {body}"));
     assert_eq!(last["id"], client_id, "{body}");
 }
+
+/// An upstream that withdraws its own server-to-client request: the client's `notifications/cancelled` names the
+/// id the client saw, not the upstream's.
+#[tokio::test]
+async fn upstream_withdrawn_request_is_cancelled_under_the_clients_id() {
+    let m = marker("withdraw");
+    let gw = Gateway::start("", &raw_upstream("raw", &m, ""));
+    let call = |id: i64| json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"raw__withdraw","arguments":{}}});
+    // Session A consumes the upstream's first request id, so B's ids differ between upstream and client.
+    let mut a = Http::new(&gw.mcp(None));
+    a.initialize(json!({"sampling": {}})).await;
+    a.post(&call(1)).await;
+    let mut b = Http::new(&gw.mcp(None));
+    b.initialize(json!({"sampling": {}})).await;
+    let r = b.post(&call(1)).await;
+    let msgs = r.messages();
+    let asked = msgs.iter().find(|m| m["method"] == "sampling/createMessage").unwrap_or_else(|| panic!("{msgs:?}"));
+    let cancelled =
+        msgs.iter().find(|m| m["method"] == "notifications/cancelled").unwrap_or_else(|| panic!("{msgs:?}"));
+    assert_eq!(cancelled["params"]["requestId"], asked["id"], "{msgs:?}");
+    assert_eq!(cancelled["params"]["reason"], "withdrawn");
+    let done = msgs.iter().find(|m| m["id"] == 1).unwrap();
+    assert_eq!(done["result"]["content"][0]["text"], "withdrew 1", "the upstream used its own id 1: {done}");
+}

@@ -108,6 +108,11 @@ pub struct ReplyHandle {
 }
 
 impl ReplyHandle {
+    /// The id the upstream gave its request (to match its `notifications/cancelled`).
+    pub fn upstream_id(&self) -> &Id {
+        &self.upstream_id
+    }
+
     /// Send the client's answer (a result or error message; its id is replaced by the upstream's).
     pub fn reply(self, msg: Message) {
         let Some(inner) = self.conn.upgrade() else { return };
