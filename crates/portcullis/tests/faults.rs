@@ -267,7 +267,7 @@ async fn client_cancellation_reaches_upstream_with_rewritten_id() {
 #[tokio::test]
 async fn upstream_withdrawn_request_is_cancelled_under_the_clients_id() {
     let m = marker("withdraw");
-    let gw = Gateway::start("", &raw_upstream("raw", &m, ""));
+    let gw = Gateway::start("", &raw_upstream_args("raw", &m, &["--withdraw-tool"], ""));
     let call = |id: i64| json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"raw__withdraw","arguments":{}}});
     // Session A consumes the upstream's first request id, so B's ids differ between upstream and client.
     let mut a = Http::new(&gw.mcp(None));
