@@ -290,3 +290,44 @@ async fn log_messages_respect_each_sessions_level() {
         assert!(msgs.iter().any(|m| m["id"] == json!(id)), "{msgs:?}");
     }
 }
+
+/// Malformed params get a clear -32602 naming what is wrong, never a panic or an upstream call.
+#[tokio::test]
+async fn bad_params_are_rejected_with_clear_errors() {
+    let gw = gateway("");
+    let mut c = Http::new(&gw.mcp(None));
+    c.initialize(json!({})).await;
+    let cases = [
+        // Duplicate `name` inside params: the gateway must not judge one and forward the other.
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"raw__echo","name":"raw__env"}}"#,
+            -32602,
+            "duplicate",
+        ),
+        (r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":["raw__echo"]}"#, -32602, "invalid params"),
+        (r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":7}}"#, -32602, "params.name"),
+        (r#"{"jsonrpc":"2.0","id":4,"method":"tools/list","params":{"cursor":12}}"#, -32602, "cursor"),
+        (r#"{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{}}"#, -32602, "params.uri"),
+        (
+            r#"{"jsonrpc":"2.0","id":6,"method":"resources/read","params":{"uri":"nowhere://x"}}"#,
+            -32002,
+            "Resource not found",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"completion/complete","params":{"ref":{"type":"ref/other"}}}"#,
+            -32602,
+            "ref/prompt",
+        ),
+        (r#"{"jsonrpc":"2.0","id":8,"method":"tasks/get","params":{}}"#, -32602, "taskId"),
+        (r#"{"jsonrpc":"2.0","id":9,"method":"prompts/get","params":{"name":"raw__nope"}}"#, -32602, "Unknown prompt"),
+    ];
+    for (body, code, needle) in cases {
+        let r = c.raw(Method::POST, Some(body.into()), &[]).await;
+        let v = r.messages().pop().unwrap_or_else(|| panic!("{body}: {}", r.body));
+        assert_eq!(v["error"]["code"], code, "{body}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+    // None of it reached the upstream as a call: the session still works and the upstream saw no `env` call.
+    assert_eq!(text_of(&c.call("raw__echo", json!({"text": "still fine"})).await), "still fine");
+}
